@@ -1,0 +1,34 @@
+"""Small torch helpers shared across aerec: device choice and CSR -> tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the torch device for ``device``; ``"auto"`` is CUDA when present, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device; expected 'auto', 'cpu' or 'cuda[:N]'") from exc
+
+
+def csr_to_dense_tensor(rows: sp.csr_matrix, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """Densify one CSR batch straight into a tensor on ``device`` (one batch, never the whole matrix)."""
+    rows = sp.csr_matrix(rows)
+    out = torch.zeros(rows.shape, dtype=dtype, device=device)
+    if rows.nnz:
+        row_index = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        r = torch.from_numpy(row_index).to(device)
+        c = torch.from_numpy(rows.indices.astype(np.int64)).to(device)
+        v = torch.from_numpy(np.asarray(rows.data, dtype=np.float32)).to(device=device, dtype=dtype)
+        out[r, c] = v
+    return out

@@ -1,0 +1,1 @@
+"""Installed as ``aerec._bundled``: the datasets shipped with aerec (see README.md here)."""
