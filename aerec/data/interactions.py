@@ -1,0 +1,308 @@
+"""The data contract: a users x items CSR matrix plus the raw user and item ids.
+
+Everything in aerec consumes :class:`Interactions`. Building one validates the
+input once (missing columns, NaN/inf, negative or non-numeric ratings,
+duplicated (user, item) pairs), so that nothing downstream has to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+DUPLICATE_POLICIES = ("error", "first", "last", "sum", "mean", "max")
+
+
+@dataclass(frozen=True, eq=False)
+class Interactions:
+    """A users x items ``scipy.sparse.csr_matrix`` (float32) with its id maps.
+
+    Attributes
+    ----------
+    matrix : csr_matrix of float32, shape (n_users, n_items)
+        Ratings for explicit data, 1.0 for implicit data. Canonical: sorted
+        column indices, no duplicates. Explicit zeros are not allowed.
+    user_ids, item_ids : ndarray
+        Raw ids; ``user_ids[row]`` is the id of matrix row ``row``.
+    timestamps : ndarray of int64 or None
+        Aligned with ``matrix.data`` (same order), when the source had them.
+    """
+
+    matrix: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None = None
+
+    def __post_init__(self):
+        m = self.matrix
+        if not sp.isspmatrix_csr(m) and not isinstance(m, sp.csr_array):
+            raise TypeError(f"matrix must be a scipy.sparse CSR matrix, got {type(m).__name__}")
+        if m.dtype != np.float32:
+            raise TypeError(f"matrix must be float32, got {m.dtype}")
+        if len(self.user_ids) != m.shape[0] or len(self.item_ids) != m.shape[1]:
+            raise ValueError(
+                f"id maps do not match the matrix: {len(self.user_ids)} user ids and "
+                f"{len(self.item_ids)} item ids for a matrix of shape {m.shape}"
+            )
+        if self.timestamps is not None and len(self.timestamps) != m.nnz:
+            raise ValueError(f"timestamps has {len(self.timestamps)} entries, expected one per stored rating ({m.nnz})")
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_pandas(
+        cls,
+        df: pd.DataFrame,
+        user: str = "user",
+        item: str = "item",
+        rating: str | None = None,
+        timestamp: str | None = None,
+        duplicates: str = "error",
+    ) -> "Interactions":
+        """Build from a long frame with one row per (user, item) interaction.
+
+        Parameters
+        ----------
+        df : DataFrame
+        user, item : str
+            Column names of the raw ids (any hashable values without NaN).
+        rating : str or None
+            Column of non-negative finite ratings; None means implicit data (1.0).
+        timestamp : str or None
+            Column of timestamps (numbers, or datetimes converted to Unix seconds).
+        duplicates : {"error", "first", "last", "sum", "mean", "max"}
+            What to do with repeated (user, item) pairs. "first"/"last" follow the
+            row order of ``df`` (the timestamp goes with the kept row); "sum",
+            "mean", "max" combine ratings and keep the latest timestamp.
+        """
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"from_pandas expects a pandas DataFrame, got {type(df).__name__}")
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
+        columns = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+        missing = [f"{role}={name!r}" for role, name in columns.items() if name is not None and name not in df.columns]
+        if missing:
+            raise ValueError(f"missing column(s) {', '.join(missing)}; the frame has columns {list(df.columns)}")
+        if len(df) == 0:
+            raise ValueError("the interactions frame is empty (0 rows); expected at least one interaction")
+
+        users = _ids(df[user], user)
+        items = _ids(df[item], item)
+        values = _ratings(df[rating], rating) if rating is not None else np.ones(len(df), dtype=np.float64)
+        times = _timestamps(df[timestamp], timestamp) if timestamp is not None else None
+
+        user_ids, rows = np.unique(users, return_inverse=True)
+        item_ids, cols = np.unique(items, return_inverse=True)
+        rows, cols, values, times = _resolve_duplicates(rows, cols, values, times, duplicates, user_ids, item_ids)
+        matrix = _canonical_csr(rows, cols, values, (len(user_ids), len(item_ids)))
+        order = np.lexsort((cols, rows))
+        return cls(matrix, user_ids, item_ids, None if times is None else times[order])
+
+    @classmethod
+    def from_csr(cls, matrix, user_ids=None, item_ids=None, timestamps=None) -> "Interactions":
+        """Wrap a users x items sparse matrix; ids default to 0..n-1.
+
+        ``timestamps``, when given, is aligned with the canonical (sorted) CSR's data.
+        """
+        if not sp.issparse(matrix):
+            raise TypeError(f"from_csr expects a scipy.sparse matrix, got {type(matrix).__name__}")
+        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        if m.ndim != 2:
+            raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+        if not m.has_canonical_format:
+            if timestamps is not None:
+                raise ValueError("timestamps need a canonical CSR (sorted indices, no duplicates)")
+            m.sum_duplicates()
+        _check_values(m.data, "matrix")
+        user_ids = np.arange(m.shape[0]) if user_ids is None else np.asarray(user_ids)
+        item_ids = np.arange(m.shape[1]) if item_ids is None else np.asarray(item_ids)
+        times = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+        return cls(m, user_ids, item_ids, times)
+
+    def to_pandas(self, user: str = "user", item: str = "item", rating: str = "rating", timestamp: str = "timestamp") -> pd.DataFrame:
+        """Long frame of (user, item, rating[, timestamp]) with raw ids, in row-major order."""
+        coo = self.matrix.tocoo()
+        frame = {user: self.user_ids[coo.row], item: self.item_ids[coo.col], rating: coo.data}
+        if self.timestamps is not None:
+            frame[timestamp] = self.timestamps
+        return pd.DataFrame(frame)
+
+    # -- views --------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    @property
+    def n_users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return self.matrix.nnz
+
+    def user_index(self, raw_ids) -> np.ndarray:
+        """Row indices of raw user ids (ValueError naming any unknown id)."""
+        return _lookup(self.user_ids, raw_ids, "user")
+
+    def item_index(self, raw_ids) -> np.ndarray:
+        """Column indices of raw item ids (ValueError naming any unknown id)."""
+        return _lookup(self.item_ids, raw_ids, "item")
+
+    def keep_entries(self, mask: np.ndarray) -> "Interactions":
+        """Same users and items, keeping only the stored entries where ``mask`` (aligned with data) is True."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.nnz,):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({self.nnz},)")
+        rows = np.repeat(np.arange(self.n_users), np.diff(self.matrix.indptr))[mask]
+        matrix = _canonical_csr(rows, self.matrix.indices[mask], self.matrix.data[mask], self.shape)
+        times = None if self.timestamps is None else self.timestamps[mask]
+        return Interactions(matrix, self.user_ids, self.item_ids, times)
+
+    def select(self, rows=None, cols=None) -> "Interactions":
+        """Sub-matrix of the given row and column indices (in that order), ids carried along."""
+        rows = np.arange(self.n_users) if rows is None else np.asarray(rows, dtype=np.int64)
+        cols = np.arange(self.n_items) if cols is None else np.asarray(cols, dtype=np.int64)
+        entry = _entry_index(self.matrix)
+        sub = self.matrix[rows][:, cols]
+        times = None
+        if self.timestamps is not None:
+            # carry each entry's timestamp through the same selection
+            picked = entry[rows][:, cols]
+            picked.sort_indices()
+            times = self.timestamps[picked.data.astype(np.int64) - 1]
+        sub = sp.csr_matrix(sub, dtype=np.float32)
+        sub.sort_indices()
+        return Interactions(sub, self.user_ids[rows], self.item_ids[cols], times)
+
+    def compact(self) -> "Interactions":
+        """Drop users and items without any interaction."""
+        rows = np.flatnonzero(np.diff(self.matrix.indptr))
+        cols = np.flatnonzero(np.bincount(self.matrix.indices, minlength=self.n_items))
+        if len(rows) == self.n_users and len(cols) == self.n_items:
+            return self
+        return self.select(rows, cols)
+
+    def __repr__(self) -> str:
+        kind = "with timestamps" if self.timestamps is not None else "no timestamps"
+        return f"Interactions({self.n_users} users x {self.n_items} items, {self.nnz} entries, {kind})"
+
+
+# -- helpers ----------------------------------------------------------------
+def _ids(column: pd.Series, name: str) -> np.ndarray:
+    if column.isna().any():
+        bad = int(column.isna().to_numpy().nonzero()[0][0])
+        raise ValueError(f"column {name!r} has a missing id at row {bad}; expected an id on every row")
+    values = column.to_numpy()
+    if values.dtype == object:
+        kinds = {type(v) for v in values[:1000]}
+        if len(kinds) > 1:
+            raise ValueError(f"column {name!r} mixes id types {sorted(k.__name__ for k in kinds)}; expected one type")
+    return values
+
+
+def _ratings(column: pd.Series, name: str) -> np.ndarray:
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ValueError(f"rating column {name!r} has dtype {column.dtype}; expected numbers")
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    _check_values(values, f"rating column {name!r}")
+    return values
+
+
+def _check_values(values: np.ndarray, what: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"{what} has a non-finite value {_plain(values[bad])!r} at position {bad}; expected finite ratings")
+    if (values <= 0).any():
+        bad = int(np.flatnonzero(values <= 0)[0])
+        raise ValueError(
+            f"{what} has the value {_plain(values[bad])!r} at position {bad}; expected ratings > 0 "
+            "(a sparse matrix cannot tell a 0 rating from 'not rated': shift the scale or drop them)"
+        )
+
+
+def _timestamps(column: pd.Series, name: str) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(column):
+        if column.isna().any():
+            raise ValueError(f"timestamp column {name!r} has missing values; expected a time on every row")
+        return (column.astype("datetime64[s]").astype("int64")).to_numpy()
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ValueError(f"timestamp column {name!r} has dtype {column.dtype}; expected numbers or datetimes")
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(values).all():
+        raise ValueError(f"timestamp column {name!r} has NaN or inf; expected finite times")
+    return values.astype(np.int64)
+
+
+def _resolve_duplicates(rows, cols, values, times, policy, user_ids, item_ids):
+    key = rows.astype(np.int64) * len(item_ids) + cols
+    unique_keys, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    if len(unique_keys) == len(key):
+        return rows, cols, values, times
+    if policy == "error":
+        dup = int(np.flatnonzero(counts > 1)[0])
+        u, i = divmod(int(unique_keys[dup]), len(item_ids))
+        raise ValueError(
+            f"{int((counts > 1).sum())} duplicated (user, item) pairs, e.g. user {_plain(user_ids[u])!r}, item {_plain(item_ids[i])!r} "
+            f"appears {int(counts[dup])} times; pass duplicates='first', 'last', 'sum', 'mean' or 'max'"
+        )
+    if policy in ("first", "last"):
+        keep = first if policy == "first" else _last_index(key, unique_keys)
+        return rows[keep], cols[keep], values[keep], None if times is None else times[keep]
+    combined = {
+        "sum": np.bincount(inverse, weights=values),
+        "mean": np.bincount(inverse, weights=values) / counts,
+        "max": _group_max(inverse, values, len(unique_keys)),
+    }[policy]
+    new_times = None if times is None else _group_max(inverse, times, len(unique_keys)).astype(np.int64)
+    return rows[first], cols[first], combined, new_times
+
+
+def _last_index(key, unique_keys):
+    reversed_first = np.unique(key[::-1], return_index=True)[1]
+    return len(key) - 1 - reversed_first
+
+
+def _group_max(inverse, values, n_groups):
+    out = np.full(n_groups, -np.inf)
+    np.maximum.at(out, inverse, values.astype(np.float64))
+    return out
+
+
+def _canonical_csr(rows, cols, values, shape) -> sp.csr_matrix:
+    """CSR with sorted indices from unique (row, col) pairs, data kept in (row, col) order."""
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    index_dtype = np.int32 if max(shape[1], len(rows)) < 2**31 else np.int64
+    matrix = sp.csr_matrix(
+        (np.asarray(values, dtype=np.float32)[order], np.asarray(cols)[order].astype(index_dtype), indptr.astype(index_dtype)),
+        shape=shape,
+    )
+    matrix.has_sorted_indices = True
+    return matrix
+
+
+def _entry_index(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """A CSR with the pattern of ``matrix`` whose values are 1 + the position of each entry in ``data``."""
+    return sp.csr_matrix((np.arange(1, matrix.nnz + 1, dtype=np.float64), matrix.indices, matrix.indptr), shape=matrix.shape)
+
+
+def _lookup(known: np.ndarray, raw_ids, what: str) -> np.ndarray:
+    raw = np.atleast_1d(np.asarray(raw_ids))
+    index = pd.Index(known).get_indexer(raw)
+    if (index < 0).any():
+        bad = _plain(raw[int(np.flatnonzero(index < 0)[0])])
+        raise ValueError(f"unknown {what} id {bad!r}; it is not among the {len(known)} {what}s of this data")
+    return index
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds, for readable error messages."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,126 @@
+"""Readers: MovieLens releases and generic CSV / Parquet files -> :class:`Interactions`.
+
+Nothing here downloads anything: every reader takes a local path (or finds a
+known dataset under ``data_dir`` / ``$AEREC_DATA_DIR``) and verifies the
+published checksum when one is known.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from aerec.data.datasets import DATASETS, find_dataset_dir, verify_file
+from aerec.data.interactions import Interactions
+
+MOVIELENS_COLUMNS = ["user", "item", "rating", "timestamp"]
+
+
+def load_movielens(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, verify: bool = True) -> Interactions:
+    """Load a MovieLens release as explicit ratings with timestamps.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A known name (``ml-100k``, ``ml-1m``, ``ml-10m``, ``ml-20m``, ``ml-25m``,
+        ``ml-latest-small``), a dataset folder, or a ratings file (``u.data``,
+        ``ratings.dat`` with ``::`` separators, or ``ratings.csv`` with a header).
+    data_dir : path, optional
+        Parent folder of the dataset folders; defaults to ``$AEREC_DATA_DIR``,
+        and for ml-latest-small to the copy shipped with aerec.
+    verify : bool
+        Check the file against its published checksum (a mismatch is a
+        ``ValueError``); ``False`` skips the check.
+    """
+    path = movielens_ratings_path(name_or_path, data_dir)
+    if verify:
+        verify_file(path)
+    frame = _read_movielens_frame(path)
+    return Interactions.from_pandas(frame, "user", "item", "rating", "timestamp")
+
+
+def movielens_ratings_path(name_or_path, data_dir=None) -> Path:
+    """The ratings file of a known dataset name, a dataset folder, or a file path."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        folder = find_dataset_dir(name_or_path, data_dir)
+        return folder / DATASETS[name_or_path].ratings_file
+    path = Path(name_or_path)
+    if path.is_dir():
+        for candidate in ("u.data", "ratings.dat", "ratings.csv"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise ValueError(f"folder {path} has no u.data, ratings.dat or ratings.csv; expected a MovieLens folder")
+    if path.is_file():
+        return path
+    raise ValueError(f"unknown dataset {str(name_or_path)!r}; expected one of {sorted(DATASETS)} or an existing path")
+
+
+def _read_movielens_frame(path: Path) -> pd.DataFrame:
+    if path.name == "u.data":
+        return _read_table(path, sep="\t", header=None)
+    if path.suffix == ".dat":
+        # "::" separators: swap for tabs so that the fast C parser reads the file
+        text = path.read_bytes().replace(b"::", b"\t")
+        return _read_table(io.BytesIO(text), sep="\t", header=None, name=str(path))
+    if path.suffix == ".csv":
+        frame = _read_table(path, sep=",", header=0)
+        return frame
+    raise ValueError(f"{path.name!r} is not a MovieLens ratings file; expected u.data, ratings.dat or ratings.csv")
+
+
+def _read_table(source, sep: str, header, name: str | None = None) -> pd.DataFrame:
+    name = name or str(source)
+    try:
+        frame = pd.read_csv(source, sep=sep, header=header, dtype=str if header is None else None, engine="c")
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot parse {name}: {exc}") from exc
+    if frame.shape[1] != 4:
+        raise ValueError(f"{name} has {frame.shape[1]} columns; expected 4 (user, item, rating, timestamp)")
+    frame.columns = MOVIELENS_COLUMNS
+    for column in MOVIELENS_COLUMNS:
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        if numeric.isna().any():
+            row = int(numeric.isna().to_numpy().nonzero()[0][0])
+            raise ValueError(f"{name}: column {column} has a non-numeric value {frame[column].iloc[row]!r} at data row {row}")
+        frame[column] = numeric
+    return frame
+
+
+def read_csv(path, user: str = "user", item: str = "item", rating: str | None = None, timestamp: str | None = None,
+             duplicates: str = "error", **read_kwargs) -> Interactions:
+    """Read a CSV of interactions (one row each) with the given column names."""
+    try:
+        frame = pd.read_csv(path, **read_kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"cannot parse {path}: {exc}") from exc
+    return Interactions.from_pandas(frame, user, item, rating, timestamp, duplicates)
+
+
+def read_parquet(path, user: str = "user", item: str = "item", rating: str | None = None, timestamp: str | None = None,
+                 duplicates: str = "error") -> Interactions:
+    """Read a Parquet file of interactions (needs pyarrow: ``pip install aerec[parquet]``)."""
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError as exc:
+        raise ImportError("reading Parquet needs pyarrow: pip install 'aerec[parquet]'") from exc
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as Parquet: {exc}") from exc
+    return Interactions.from_pandas(frame, user, item, rating, timestamp, duplicates)
+
+
+def load_item_titles(name_or_path, data_dir=None) -> dict:
+    """Map raw item id -> title from a MovieLens movies file (u.item, movies.dat or movies.csv)."""
+    folder = movielens_ratings_path(name_or_path, data_dir).parent
+    if (folder / "u.item").is_file():
+        frame = pd.read_csv(folder / "u.item", sep="|", header=None, encoding="latin-1", usecols=[0, 1])
+    elif (folder / "movies.dat").is_file():
+        text = (folder / "movies.dat").read_bytes().replace(b"::", b"\t")
+        frame = pd.read_csv(io.BytesIO(text), sep="\t", header=None, encoding="latin-1", usecols=[0, 1], quoting=3)
+    elif (folder / "movies.csv").is_file():
+        frame = pd.read_csv(folder / "movies.csv", usecols=[0, 1])
+    else:
+        raise ValueError(f"no u.item, movies.dat or movies.csv in {folder}; cannot name the items")
+    return dict(zip(frame.iloc[:, 0].to_numpy(), frame.iloc[:, 1].astype(str)))

@@ -1,0 +1,239 @@
+"""Seeded, reproducible splits that share one item index.
+
+- :func:`random_holdout`: a random fraction of all ratings (AutoRec's 90/10),
+  optionally with a validation part carved from training.
+- :func:`per_user_holdout`: a fraction (or a count) of each user's
+  interactions, chosen at random or the latest by timestamp.
+- :func:`temporal_holdout`: the latest fraction of all interactions.
+- :func:`strong_generalization`: whole held-out users with fold-in, exactly as
+  the preprocessing of Liang et al. 2018 (dawenl/vae_cf).
+
+Every split of one dataset has the same users x items shape, so a model fitted
+on ``train`` ranks and predicts ``test`` rows without remapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aerec.data.interactions import Interactions
+from aerec.data.preprocess import binarize, filter_min_counts
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    """Train / (validation) / test parts of the same users x items matrix."""
+
+    train: Interactions
+    test: Interactions
+    validation: Interactions | None = None
+
+    def summary(self) -> dict:
+        parts = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {f"{name}_interactions": part.nnz for name, part in parts.items() if part is not None} | {
+            "users": self.train.n_users,
+            "items": self.train.n_items,
+        }
+
+
+@dataclass(frozen=True)
+class StrongSplit:
+    """Strong generalization: disjoint train, validation and test users over the train items.
+
+    ``train`` holds the training users; validation and test users each come as
+    a ``fold_in`` part (given to the model) and a ``heldout`` part (ranked).
+    """
+
+    train: Interactions
+    validation_fold_in: Interactions
+    validation_heldout: Interactions
+    test_fold_in: Interactions
+    test_heldout: Interactions
+
+    def summary(self) -> dict:
+        return {
+            "train_users": self.train.n_users,
+            "items": self.train.n_items,
+            "train_interactions": self.train.nnz,
+            "validation_users": self.validation_fold_in.n_users,
+            "validation_fold_in": self.validation_fold_in.nnz,
+            "validation_heldout": self.validation_heldout.nnz,
+            "test_users": self.test_fold_in.n_users,
+            "test_fold_in": self.test_fold_in.nnz,
+            "test_heldout": self.test_heldout.nnz,
+        }
+
+
+def random_holdout(interactions: Interactions, test_fraction: float = 0.1, validation_fraction: float = 0.0, seed: int = 0) -> HoldoutSplit:
+    """Hold out a random ``test_fraction`` of all ratings (AutoRec: 0.1).
+
+    ``validation_fraction`` of the remaining training ratings is carved out as
+    validation (AutoRec's reference picks lambda on 10% of the training data).
+    """
+    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
+    rng = np.random.RandomState(_check_seed(seed))
+    order = rng.permutation(interactions.nnz)
+    n_test = int(round(test_fraction * interactions.nnz))
+    test_mask = _mask(order[:n_test], interactions.nnz)
+    rest = order[n_test:]
+    n_validation = int(round(validation_fraction * len(rest)))
+    validation_mask = _mask(rest[:n_validation], interactions.nnz)
+    return _holdout(interactions, test_mask, validation_mask if n_validation else None)
+
+
+def per_user_holdout(interactions: Interactions, test_fraction: float | None = 0.2, test_count: int | None = None,
+                     by: str = "random", validation_fraction: float = 0.0, seed: int = 0) -> HoldoutSplit:
+    """Hold out part of every user's interactions.
+
+    Parameters
+    ----------
+    test_fraction : float
+        Each user holds out ``int(test_fraction * n_u)`` interactions (vae_cf's rounding).
+    test_count : int, optional
+        Instead of a fraction, hold out this many per user (leave-k-out); a user
+        always keeps at least one training interaction.
+    by : {"random", "time"}
+        Random choice, or the latest by timestamp (ties broken at random).
+    validation_fraction : float
+        The same per-user rule applied again to the training part.
+    """
+    if by not in ("random", "time"):
+        raise ValueError(f"by={by!r}; expected 'random' or 'time'")
+    if by == "time" and interactions.timestamps is None:
+        raise ValueError("by='time' needs timestamps; these interactions have none")
+    if (test_fraction is None) == (test_count is None):
+        raise ValueError("give exactly one of test_fraction and test_count")
+    if test_count is not None and (not isinstance(test_count, (int, np.integer)) or test_count < 1):
+        raise ValueError(f"test_count={test_count!r}; expected an integer >= 1")
+    if test_fraction is not None:
+        _check_fraction("test_fraction", test_fraction)
+    _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
+    rng = np.random.RandomState(_check_seed(seed))
+    test_mask = _per_user_mask(interactions, np.ones(interactions.nnz, bool), test_fraction, test_count, by, rng)
+    validation_mask = None
+    if validation_fraction:
+        validation_mask = _per_user_mask(interactions, ~test_mask, validation_fraction, None, by, rng)
+    return _holdout(interactions, test_mask, validation_mask)
+
+
+def temporal_holdout(interactions: Interactions, test_fraction: float = 0.2, validation_fraction: float = 0.0) -> HoldoutSplit:
+    """Hold out the latest ``test_fraction`` of all interactions (a global time cut).
+
+    Ties at the cut are broken by (user, item) order, so the split is deterministic.
+    """
+    if interactions.timestamps is None:
+        raise ValueError("temporal_holdout needs timestamps; these interactions have none")
+    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
+    order = np.argsort(interactions.timestamps, kind="stable")
+    n_test = int(round(test_fraction * interactions.nnz))
+    test_mask = _mask(order[len(order) - n_test:], interactions.nnz)
+    rest = order[: len(order) - n_test]
+    n_validation = int(round(validation_fraction * len(rest)))
+    validation_mask = _mask(rest[len(rest) - n_validation:], interactions.nnz) if n_validation else None
+    return _holdout(interactions, test_mask, validation_mask)
+
+
+def strong_generalization(interactions: Interactions, n_heldout: int, seed: int = 98765, heldout_fraction: float = 0.2,
+                          threshold: float | None = 3.5, min_user_count: int = 5) -> StrongSplit:
+    """Split users into train / validation / test as dawenl/vae_cf's ML-20M preprocessing.
+
+    1. Keep ratings ``> threshold`` as 1.0 (``threshold=None``: data already implicit).
+    2. Keep users with ``>= min_user_count`` of them (items are not filtered).
+    3. Permute the users (sorted by raw id) with ``np.random.seed(seed)``; the last
+       ``n_heldout`` are test users, the ``n_heldout`` before them validation, the rest train.
+    4. Items are those that train users interacted with; held-out users' other items are dropped.
+    5. Each held-out user with >= 5 remaining items holds out ``int(heldout_fraction * n)``
+       of them, drawn with ``np.random.choice`` from a generator seeded with ``seed``
+       afresh for the validation and for the test users (as vae_cf); the rest is fold-in.
+       Users with fewer than 5 keep everything as fold-in (nothing to rank).
+
+    Departure from vae_cf, named: within a user the draw indexes the items in
+    ascending raw-id order, while vae_cf indexes them in file row order. The two
+    coincide for files sorted by user then item (ML-20M's ratings.csv); for
+    other files the draw is a different, equally random one.
+    """
+    if not isinstance(n_heldout, (int, np.integer)) or n_heldout < 1:
+        raise ValueError(f"n_heldout={n_heldout!r}; expected an integer >= 1")
+    _check_fraction("heldout_fraction", heldout_fraction)
+    seed = _check_seed(seed)
+    data = binarize(interactions, threshold) if threshold is not None else interactions
+    data = filter_min_counts(data, min_user=min_user_count)
+    n_users = data.n_users
+    if n_users - 2 * n_heldout < 1:
+        raise ValueError(
+            f"n_heldout={n_heldout} leaves no training users: {n_users} users have >= {min_user_count} "
+            f"interactions, expected n_heldout < {n_users // 2}"
+        )
+    permuted = np.random.RandomState(seed).permutation(n_users)
+    train_rows = permuted[: n_users - 2 * n_heldout]
+    validation_rows = np.sort(permuted[n_users - 2 * n_heldout: n_users - n_heldout])
+    test_rows = np.sort(permuted[n_users - n_heldout:])
+    train = data.select(rows=train_rows).compact()
+    items = data.item_index(train.item_ids)
+    validation = _fold_in_split(data.select(validation_rows, items), heldout_fraction, seed)
+    test = _fold_in_split(data.select(test_rows, items), heldout_fraction, seed)
+    return StrongSplit(train, *validation, *test)
+
+
+# -- helpers ----------------------------------------------------------------
+def _fold_in_split(users: Interactions, heldout_fraction: float, seed: int) -> tuple[Interactions, Interactions]:
+    """vae_cf's split_train_test_proportion on the rows of ``users`` (in row order)."""
+    rng = np.random.RandomState(seed)
+    counts = np.diff(users.matrix.indptr)
+    heldout = np.zeros(users.nnz, dtype=bool)
+    for row, n in enumerate(counts):  # sequential draws: the order of the RNG stream is the protocol
+        if n >= 5:
+            chosen = rng.choice(n, size=int(heldout_fraction * n), replace=False)
+            heldout[users.matrix.indptr[row] + chosen] = True
+    return users.keep_entries(~heldout), users.keep_entries(heldout)
+
+
+def _per_user_mask(data: Interactions, eligible: np.ndarray, fraction, count, by: str, rng) -> np.ndarray:
+    """Mask of the entries held out per user among ``eligible`` entries."""
+    rows = np.repeat(np.arange(data.n_users), np.diff(data.matrix.indptr))
+    tie_break = rng.random_sample(data.nnz)
+    primary = data.timestamps if by == "time" else tie_break
+    # latest (or random) first within each user, ineligible entries last
+    order = np.lexsort((-tie_break, -primary.astype(np.float64), ~eligible, rows))
+    n_eligible = np.bincount(rows, weights=eligible, minlength=data.n_users).astype(np.int64)
+    if count is not None:
+        n_out = np.minimum(count, np.maximum(n_eligible - 1, 0))
+    else:
+        n_out = (fraction * n_eligible).astype(np.int64)
+    starts = np.repeat(data.matrix.indptr[:-1], np.diff(data.matrix.indptr))
+    position = np.empty(data.nnz, dtype=np.int64)
+    position[order] = np.arange(data.nnz) - starts
+    return position < n_out[rows]
+
+
+def _holdout(interactions: Interactions, test_mask: np.ndarray, validation_mask: np.ndarray | None) -> HoldoutSplit:
+    train_mask = ~test_mask if validation_mask is None else ~(test_mask | validation_mask)
+    if not train_mask.any():
+        raise ValueError("the split leaves the training part empty; lower the held-out fractions")
+    if not test_mask.any():
+        raise ValueError("the split holds out nothing for test; raise test_fraction or use more data")
+    validation = None if validation_mask is None else interactions.keep_entries(validation_mask)
+    return HoldoutSplit(interactions.keep_entries(train_mask), interactions.keep_entries(test_mask), validation)
+
+
+def _mask(positions: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
+def _check_fraction(name: str, value, allow_zero: bool = False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not (low_ok and value < 1):
+        bound = "0 <= {0} < 1" if allow_zero else "0 < {0} < 1"
+        raise ValueError(f"{name}={value!r}; expected {bound.format(name)}")
+
+
+def _check_seed(seed) -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r}; expected an integer in [0, 2**32)")
+    return int(seed)
