@@ -32,3 +32,25 @@ def csr_to_dense_tensor(rows: sp.csr_matrix, device: torch.device, dtype=torch.f
         v = torch.from_numpy(np.asarray(rows.data, dtype=np.float32)).to(device=device, dtype=dtype)
         out[r, c] = v
     return out
+
+
+def csr_to_sparse_tensor(rows: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    """One CSR batch as a coalesced torch sparse COO tensor (float32) on ``device``, for sparse x dense products."""
+    rows = sp.csr_matrix(rows)
+    rows.sum_duplicates()
+    row_index = np.repeat(np.arange(rows.shape[0], dtype=np.int64), np.diff(rows.indptr))
+    indices = torch.from_numpy(np.vstack([row_index, rows.indices.astype(np.int64)]))
+    values = torch.from_numpy(np.asarray(rows.data, dtype=np.float32))
+    return torch.sparse_coo_tensor(indices, values, size=rows.shape, is_coalesced=True, check_invariants=False).to(device)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS says is available (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

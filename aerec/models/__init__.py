@@ -1,0 +1,34 @@
+"""Recommenders sharing one contract (see :mod:`aerec.models.base`), and the registry of their names.
+
+The registry is a plain dict from the name the CLI uses to the class; adding a
+model means adding a line here.
+"""
+
+from aerec.models.als import ALS
+from aerec.models.base import NotFittedError, Recommender
+from aerec.models.bpr import BPR
+from aerec.models.ease import EASE
+from aerec.models.popularity import Popularity
+
+MODELS: dict[str, type[Recommender]] = {
+    "popularity": Popularity,
+    "ease": EASE,
+    "als": ALS,
+    "bpr": BPR,
+}
+
+
+def make_model(name: str, **params) -> Recommender:
+    """Build a registered model by name; unknown names and parameters are a ValueError naming them."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    cls = MODELS[name]
+    unknown = sorted(set(params) - set(cls.param_names()))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for model {name!r}; it takes {cls.param_names()}")
+    model = cls(**params)
+    model.validate_params()
+    return model
+
+
+__all__ = ["ALS", "BPR", "EASE", "MODELS", "NotFittedError", "Popularity", "Recommender", "make_model"]

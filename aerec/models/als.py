@@ -1,0 +1,73 @@
+"""Implicit-feedback ALS (Hu, Koren, Volinsky, ICDM 2008), wrapped from the implicit library.
+
+Training is implicit's CPU ``AlternatingLeastSquares`` (conjugate-gradient
+solver, as implicit's default). A user row given to ``score`` is folded in by
+implicit's exact least-squares step against the fixed item factors
+(``recalculate_user``), so users unseen in training are scored from their rows.
+For training users that is the ALS user step, not the stored CG factor: the
+two differ by the CG approximation only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from aerec.models.base import Recommender, check_positive
+
+
+class ALS(Recommender):
+    """Weighted matrix factorisation for implicit feedback (confidence ``1 + alpha * r``).
+
+    Parameters
+    ----------
+    factors, regularization, alpha, iterations : as implicit's ``AlternatingLeastSquares``.
+    random_state : int
+        Seed of the initial factors.
+    num_threads : int
+        Threads for implicit (0: all cores).
+    """
+
+    def __init__(self, factors: int = 100, regularization: float = 0.01, alpha: float = 1.0, iterations: int = 15,
+                 random_state: int = 0, num_threads: int = 0):
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    def validate_params(self) -> None:
+        check_positive("factors", self.factors, integer=True)
+        check_positive("iterations", self.iterations, integer=True)
+        check_positive("regularization", self.regularization)
+        check_positive("alpha", self.alpha)
+
+    def _fit(self, matrix, validation) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        self.model_ = quiet_implicit(lambda: AlternatingLeastSquares(
+            factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations,
+            random_state=self.random_state, num_threads=self.num_threads))
+        with threadpool_limits(1, "blas"):
+            self.model_.fit(matrix, show_progress=False)
+
+    def user_factors(self, user_items) -> np.ndarray:
+        """Fold in the given rows: their least-squares user factors against the fitted item factors."""
+        rows = self.check_user_items(user_items)
+        with threadpool_limits(1, "blas"):
+            return self.model_.recalculate_user(np.arange(rows.shape[0]), rows)
+
+    def score_tensor(self, user_items) -> torch.Tensor:
+        factors = self.user_factors(user_items)
+        return torch.from_numpy(factors @ self.model_.item_factors.T)
+
+
+def quiet_implicit(build):
+    """Build an implicit model without its BLAS-threads warning (we limit BLAS threads ourselves)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(OpenBLAS|MKL|BLAS).*")
+        return build()

@@ -1,0 +1,122 @@
+"""The model contract every aerec recommender shares.
+
+Modelled on implicit's ``RecommenderBase`` and scikit-learn's estimator habits:
+
+- ``__init__`` stores keyword hyper-parameters and does nothing else;
+- ``fit(train, validation=None)`` learns state (attributes ending in ``_``) and returns ``self``;
+- the model does not keep the training matrix: ``score(user_items)`` and
+  ``recommend(user_items, ...)`` take the users' rows, which is how a model
+  folds in users it never saw;
+- ``recommend`` returns ``(ids, scores)`` as 2-D arrays, one row per input row.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from aerec.data.interactions import Interactions
+from aerec.ranking import mark_unavailable, top_n
+
+
+class NotFittedError(ValueError):
+    """A model was used before ``fit``."""
+
+
+class Recommender:
+    """Base class: subclasses implement ``_fit(matrix, validation)`` and ``score_tensor``."""
+
+    def fit(self, train, validation=None) -> "Recommender":
+        """Learn from ``train`` (users x items :class:`Interactions` or sparse matrix); returns ``self``.
+
+        ``validation`` is an optional pair ``(fold_in, heldout)`` (or a
+        :class:`~aerec.data.HoldoutSplit`-like object) that models with epochs
+        use for early stopping; the baselines ignore it.
+        """
+        self.validate_params()
+        matrix = as_csr(train, "train")
+        if matrix.nnz == 0:
+            raise ValueError(f"train has no interactions (shape {matrix.shape}); expected at least one")
+        self.n_items_ = matrix.shape[1]
+        self.item_ids_ = train.item_ids if isinstance(train, Interactions) else np.arange(matrix.shape[1])
+        self._fit(matrix, validation)
+        return self
+
+    def validate_params(self) -> None:
+        """Raise a ValueError naming any hyper-parameter out of its range (called by ``fit``)."""
+
+    def _fit(self, matrix: sp.csr_matrix, validation) -> None:
+        raise NotImplementedError
+
+    def score_tensor(self, user_items) -> torch.Tensor:
+        """Dense scores of shape (n_rows, n_items) for the given rows, as a torch tensor."""
+        raise NotImplementedError
+
+    def score(self, user_items) -> np.ndarray:
+        """Dense float32 scores of shape (n_rows, n_items) for the given users' rows."""
+        return self.score_tensor(user_items).detach().float().cpu().numpy()
+
+    def recommend(self, user_items, n: int = 10, filter_already_liked_items: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` item indices and scores for each row of ``user_items``, best first.
+
+        With ``filter_already_liked_items`` the row's own items are excluded;
+        where fewer than ``n`` items remain, the missing places hold id -1 and
+        score -inf.
+        """
+        rows = self.check_user_items(user_items)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= self.n_items_:
+            raise ValueError(f"n={n!r}; expected an integer from 1 to the {self.n_items_} items of the catalogue")
+        ids, scores = top_n(self.score_tensor(rows), rows if filter_already_liked_items else None, int(n))
+        return mark_unavailable(ids, scores).cpu().numpy(), scores.float().cpu().numpy()
+
+    # -- helpers for subclasses ------------------------------------------------
+    def check_user_items(self, user_items) -> sp.csr_matrix:
+        """Validate rows passed to score/recommend: fitted model, sparse, the fitted number of items."""
+        self.check_fitted()
+        rows = as_csr(user_items, "user_items")
+        if rows.shape[1] != self.n_items_:
+            raise ValueError(
+                f"user_items has {rows.shape[1]} columns; expected {self.n_items_}, the items this model was fitted on"
+            )
+        return rows
+
+    def check_fitted(self) -> None:
+        if not hasattr(self, "n_items_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(train) first")
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [name for name in signature.parameters if name != "self"]
+
+    def get_params(self) -> dict:
+        """The hyper-parameters given to ``__init__`` (for saving, cloning and printing)."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+def as_csr(data, name: str) -> sp.csr_matrix:
+    """An :class:`Interactions` or scipy sparse matrix as a float32 CSR (never densified)."""
+    if isinstance(data, Interactions):
+        return data.matrix
+    if sp.issparse(data):
+        matrix = sp.csr_matrix(data, dtype=np.float32)
+        if matrix.ndim != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {matrix.shape}")
+        if not np.isfinite(matrix.data).all():
+            raise ValueError(f"{name} holds NaN or inf values; expected finite interactions")
+        return matrix
+    raise TypeError(f"{name} must be aerec Interactions or a scipy.sparse matrix (users x items), got {type(data).__name__}")
+
+
+def check_positive(name: str, value, integer: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a positive (integer) number."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not np.isfinite(value):
+        raise ValueError(f"{name}={value!r}; expected a positive {'integer' if integer else 'number'}")

@@ -1,0 +1,119 @@
+"""Top-N ranking of a batch of score rows, with the user's own items excluded.
+
+Every model's ``recommend`` and the evaluator go through :func:`top_n`, so
+exclusion and tie handling are the same everywhere: the items a user was given
+(training or fold-in rows) are set to ``-inf`` and ``torch.topk`` picks the
+top ``n`` of the rest, on whatever device the scores live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["top_n", "mark_unavailable"]
+
+
+def top_n(scores: torch.Tensor, exclude: sp.csr_matrix | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the ``n`` best items per row, best first, skipping excluded items.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Dense floating-point scores of shape ``(batch, n_items)`` on any device.
+        **Modified in place**: excluded entries are overwritten with ``-inf``.
+        Pass a clone if the caller still needs the raw scores.
+    exclude : scipy.sparse.csr_matrix or None
+        Items to exclude, with the same shape as ``scores``. Every *stored*
+        entry is excluded whatever its value, explicit zeros included, so a
+        rating of 0 that the user gave still counts as seen. ``None`` excludes
+        nothing.
+    n : int
+        How many items to return per row, ``1 <= n <= n_items``.
+
+    Returns
+    -------
+    ids : torch.Tensor
+        ``(batch, n)`` int64 item indices, best first, on the scores' device.
+    top_scores : torch.Tensor
+        ``(batch, n)`` scores of those items.
+
+    Raises
+    ------
+    TypeError
+        If ``scores`` is not a floating-point tensor or ``exclude`` is not sparse.
+    ValueError
+        If ``scores`` is not 2-D or contains NaN, ``n`` is out of range, or
+        ``exclude`` has another shape.
+
+    Notes
+    -----
+    A row with fewer than ``n`` allowed items gets ``-inf`` scores in its last
+    positions; the ids there are arbitrary excluded items. Callers that hand
+    recommendations to a user replace them with ``-1`` via
+    :func:`mark_unavailable`.
+    """
+    _check_scores(scores)
+    _check_int_in_range("n", n, 1, scores.shape[1])
+    if exclude is not None:
+        rows, cols = _stored_coordinates(exclude, tuple(scores.shape))
+        scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device)] = -torch.inf
+    top_scores, ids = torch.topk(scores, int(n), dim=1, largest=True, sorted=True)
+    return ids, top_scores
+
+
+def mark_unavailable(ids: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Return a copy of ``ids`` with ``-1`` wherever the score is ``-inf``.
+
+    Such positions hold excluded items that :func:`top_n` had to return because
+    the user had fewer than ``n`` allowed items; they are not recommendations.
+
+    Parameters
+    ----------
+    ids, scores : torch.Tensor or numpy.ndarray
+        The two outputs of :func:`top_n` (or numpy copies of them), same shape.
+
+    Returns
+    -------
+    torch.Tensor or numpy.ndarray
+        Same type, shape and dtype as ``ids``.
+    """
+    if tuple(ids.shape) != tuple(scores.shape):
+        raise ValueError(f"ids shape {tuple(ids.shape)} differs from scores shape {tuple(scores.shape)}")
+    if isinstance(ids, torch.Tensor):
+        scores = torch.as_tensor(scores, device=ids.device)
+        return torch.where(torch.isneginf(scores), torch.full_like(ids, -1), ids)
+    return np.where(np.isneginf(np.asarray(scores)), -1, ids).astype(np.asarray(ids).dtype, copy=False)
+
+
+def _check_scores(scores: torch.Tensor) -> None:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (batch, n_items), got shape {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
+    n_nan = int(torch.isnan(scores).sum())
+    if n_nan:
+        raise ValueError(f"scores contain {n_nan} NaN value(s); expected real numbers or -inf")
+
+
+def _check_int_in_range(name: str, value, low: int, high: int | None) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int in ``[low, high]`` (shared with evaluation)."""
+    expected = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}={value!r} is not valid; expected {expected}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={value} is out of range; expected {expected}")
+
+
+def _stored_coordinates(matrix: sp.csr_matrix, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every stored entry of a sparse ``matrix`` of shape ``shape``."""
+    if not sp.issparse(matrix):
+        raise TypeError(f"exclude must be a scipy sparse matrix or None, got {type(matrix).__name__}")
+    if tuple(matrix.shape) != shape:
+        raise ValueError(f"exclude has shape {tuple(matrix.shape)}; expected the scores' shape {shape}")
+    matrix = sp.csr_matrix(matrix)
+    rows = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows, matrix.indices.astype(np.int64, copy=False)

@@ -1,0 +1,115 @@
+"""Tests for aerec.ranking: exclusion, ordering, bounds and unavailable slots."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from aerec.ranking import mark_unavailable, top_n
+
+
+def random_case(seed, n_users=7, n_items=15, density=0.3):
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n_users, n_items))
+    exclude = sp.random(n_users, n_items, density=density, format="csr", random_state=rng)
+    return scores, exclude
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_order_matches_numpy_argsort(seed):
+    scores, _ = random_case(seed)
+    ids, top = top_n(torch.from_numpy(scores.copy()), None, 6)
+    expected = np.argsort(-scores, axis=1)[:, :6]
+    np.testing.assert_array_equal(ids.numpy(), expected)
+    np.testing.assert_array_equal(top.numpy(), np.take_along_axis(scores, expected, axis=1))
+    assert ids.dtype == torch.int64
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_excluded_items_are_never_returned_and_the_rest_keep_their_order(seed):
+    scores, exclude = random_case(seed)
+    masked = np.where(exclude.toarray() != 0, -np.inf, scores)
+    n = 15 - int(np.diff(exclude.indptr).max())  # every user still has n allowed items
+    ids, top = top_n(torch.from_numpy(scores.copy()), exclude, n)
+    np.testing.assert_array_equal(ids.numpy(), np.argsort(-masked, axis=1, kind="stable")[:, :n])
+    for user in range(scores.shape[0]):
+        assert not set(ids[user].tolist()) & set(exclude[user].indices.tolist())
+    assert np.isfinite(top.numpy()).all()
+
+
+def test_explicit_zeros_in_exclude_are_excluded():
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    # Item 0 is stored with value 0 (e.g. a rating of 0): still excluded.
+    exclude = sp.csr_matrix((np.array([0.0]), np.array([0]), np.array([0, 1])), shape=(1, 4))
+    assert exclude.nnz == 1
+    ids, top = top_n(scores, exclude, 2)
+    assert ids.tolist() == [[1, 2]]
+    assert top.tolist() == [[4.0, 3.0]]
+
+
+def test_scores_are_masked_in_place():
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    top_n(scores, sp.csr_matrix(np.array([[0, 0, 1]])), 1)
+    assert scores.tolist() == [[1.0, 2.0, -np.inf]]
+
+
+def test_rows_with_too_few_allowed_items_end_in_minus_inf():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1]])
+    exclude = sp.csr_matrix(np.array([[0, 1, 1, 0], [0, 0, 0, 0]]))
+    ids, top = top_n(scores, exclude, 3)
+    # user 0 has only items 3 (0.3) and 0 (0.1) left; the third slot is an excluded item at -inf
+    assert ids[0, :2].tolist() == [3, 0]
+    assert top[0, 2] == -np.inf
+    marked = mark_unavailable(ids, top)
+    assert marked.tolist() == [[3, 0, -1], [0, 1, 2]]
+    assert marked.dtype == torch.int64
+    # the numpy flavour gives the same
+    np.testing.assert_array_equal(mark_unavailable(ids.numpy(), top.numpy()), marked.numpy())
+
+
+def test_mark_unavailable_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"ids shape \(1, 2\) differs from scores shape \(1, 3\)"):
+        mark_unavailable(torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("n", [0, -1, 5])
+def test_n_out_of_range(n):
+    with pytest.raises(ValueError, match=rf"n={n} is out of range; expected an integer >= 1 and <= 4"):
+        top_n(torch.zeros(2, 4), None, n)
+
+
+@pytest.mark.parametrize("n", [2.0, True, "2", None])
+def test_n_not_an_integer(n):
+    with pytest.raises(ValueError, match=r"n=.* is not valid; expected an integer >= 1"):
+        top_n(torch.zeros(2, 4), None, n)
+
+
+def test_n_accepts_numpy_integers_and_the_full_catalogue():
+    ids, _ = top_n(torch.tensor([[0.0, 2.0, 1.0]]), None, np.int64(3))
+    assert ids.tolist() == [[1, 2, 0]]
+
+
+def test_exclude_shape_mismatch():
+    with pytest.raises(ValueError, match=r"exclude has shape \(2, 3\); expected the scores' shape \(2, 4\)"):
+        top_n(torch.zeros(2, 4), sp.csr_matrix((2, 3)), 1)
+
+
+def test_exclude_must_be_sparse():
+    with pytest.raises(TypeError, match="exclude must be a scipy sparse matrix or None, got ndarray"):
+        top_n(torch.zeros(2, 4), np.zeros((2, 4)), 1)
+
+
+def test_bad_scores():
+    with pytest.raises(ValueError, match=r"scores must be 2-D \(batch, n_items\), got shape \(4,\)"):
+        top_n(torch.zeros(4), None, 1)
+    with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
+        top_n(torch.zeros(2, 4, dtype=torch.int64), None, 1)
+    with pytest.raises(ValueError, match=r"scores contain 1 NaN value\(s\)"):
+        top_n(torch.tensor([[0.0, float("nan")]]), None, 1)
+    with pytest.raises(TypeError, match="scores must be a torch.Tensor, got ndarray"):
+        top_n(np.zeros((2, 4)), None, 1)
+
+
+def test_csr_array_exclude_is_accepted():
+    ids, _ = top_n(torch.tensor([[3.0, 2.0, 1.0]]), sp.csr_array(np.array([[1, 0, 0]])), 2)
+    assert ids.tolist() == [[1, 2]]
