@@ -1,0 +1,5 @@
+import sys
+
+from aerec.cli import main
+
+sys.exit(main())

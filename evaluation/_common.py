@@ -1,0 +1,137 @@
+"""Helpers shared by the evaluation scripts: progress, run metadata, results files, markdown.
+
+Not part of the aerec package: the scripts in this folder import it as a
+sibling module (``python evaluation/<script>.py`` puts this folder on the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class Progress:
+    """Prints timestamped progress lines to stderr (stdout is kept for the final table)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __call__(self, message: str) -> None:
+        print(f"[{self.elapsed():7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """The ``--out`` option every script shares."""
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the .json and .md results (default: %(default)s)")
+
+
+def command_line() -> str:
+    """The command that is running, as one would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    python = Path(sys.executable)
+    try:
+        python = python.relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    env = f"AEREC_DATA_DIR={shlex.quote(os.environ['AEREC_DATA_DIR'])} " if os.environ.get("AEREC_DATA_DIR") else ""
+    return env + shlex.join([str(python), str(script), *sys.argv[1:]])
+
+
+def environment() -> dict:
+    """Library versions, threads and the git state of the checkout, for the results file."""
+    import implicit
+    import scipy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch": torch.__version__,
+        "implicit": implicit.__version__,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty_files": _git("status", "--porcelain").splitlines(),
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(out_dir: Path, stem: str, record: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def mean_sd(values: Sequence[float]) -> dict:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    sd = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    return {"mean": float(values.mean()), "sd": sd, "n": int(values.size)}
+
+
+def format_mean_sd(stats: dict, digits: int = 4) -> str:
+    return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub markdown table; numbers right-aligned."""
+    def aligned(column: int) -> str:
+        numeric = all(isinstance(row[column], (int, float, np.number)) for row in rows) if rows else False
+        return "---:" if numeric else "---"
+
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(aligned(c) for c in range(len(headers))) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def environment_lines(env: dict) -> str:
+    """One markdown paragraph describing where the numbers were measured."""
+    dirty = f", {len(env['git_dirty_files'])} uncommitted file(s)" if env["git_dirty_files"] else ""
+    return (
+        f"Measured on {env['platform']}, {env['cpu_count']} CPU cores, torch {env['torch']} "
+        f"({env['torch_threads']} threads, CUDA {'yes' if env['cuda'] else 'no'}), numpy {env['numpy']}, "
+        f"scipy {env['scipy']}, implicit {env['implicit']}, Python {env['python']}; "
+        f"git {env['git_commit'][:12]}{dirty}.\n"
+    )

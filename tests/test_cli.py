@@ -1,0 +1,88 @@
+"""The aerec command line: results on stdout, progress on stderr, exit code 2 and one line for bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from aerec.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_texts_say_what_each_command_does():
+    for argv, expected in ((["--help"], "train, evaluate and recommend"), (["evaluate", "--help"], "Split a dataset"),
+                           (["demo", "--help"], "shipped with aerec")):
+        done = subprocess.run([sys.executable, "-m", "aerec", *argv], capture_output=True, text=True, check=True)
+        assert expected in " ".join(done.stdout.split())
+
+
+def test_evaluate_json_is_exactly_one_object_on_stdout(capsys, data_dir):
+    code, out, err = run(capsys, "evaluate", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--model", "ease",
+                         "--param", "l2=500", "--json")
+    assert code == 0
+    report = json.loads(out)  # the whole of stdout is one JSON document
+    assert report["params"] == {"l2": 500} and report["split"]["test_users"] == 100
+    assert report["n_users_evaluated"] == 100 and 0.40 < report["metrics"]["ndcg@100"] < 0.52
+    assert "fitted EASE" in err
+
+
+def test_evaluate_table_per_user_protocol(capsys, data_dir):
+    code, out, _ = run(capsys, "evaluate", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--model",
+                       "popularity", "--protocol", "per-user", "--k", "10")
+    assert code == 0 and "recall@10" in out and "users evaluated: 943" in out
+
+
+def test_evaluate_a_generic_csv(capsys, tmp_path):
+    frame = pd.DataFrame({"user": [u for u in range(30) for _ in range(6)],
+                          "item": [(u * 7 + j * 3) % 25 for u in range(30) for j in range(6)]})
+    frame.to_csv(tmp_path / "clicks.csv", index=False)
+    code, out, _ = run(capsys, "evaluate", "--dataset", str(tmp_path / "clicks.csv"), "--model", "popularity",
+                       "--n-heldout", "5", "--k", "5", "--json")
+    assert code == 0 and json.loads(out)["split"]["test_users"] == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "nope", "--model", "ease"], "--dataset 'nope' is neither a known dataset"),
+    (["--model", "ease", "--param", "lambda=3"], r"unknown parameter\(s\) \['lambda'\]"),
+    (["--model", "ease", "--param", "l2=-3"], "l2=-3; expected a positive number"),
+    (["--model", "ease", "--param", "l2"], "--param 'l2'; expected KEY=VALUE"),
+    (["--model", "ease", "--k", "0"], "--k 0; expected cut-offs >= 1"),
+    (["--model", "ease", "--protocol", "ratings"], "does not predict ratings"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, message):
+    code, out, err = run(capsys, "evaluate", *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err)
+
+
+def test_argument_errors_exit_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["evaluate", "--model", "nomodel"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'nomodel'" in err
+
+
+def test_checksum_mismatch_exits_2(capsys, tmp_path, data_dir):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_bytes((data_dir / "ml-100k" / "u.data").read_bytes()[:-1000])
+    code, out, err = run(capsys, "evaluate", "--dataset", "ml-100k", "--data-dir", str(tmp_path), "--model", "popularity")
+    assert code == 2 and out == "" and "expected 06416e59" in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_prints_metrics_and_titled_recommendations(capsys):
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert "ease" in out and "popularity" in out and "EASE's top 10" in out
+    ranked = [line for line in out.splitlines() if re.match(r"^\s+\d+\. [ *] .+\(\d{4}\)$", line)]
+    assert len(ranked) == 10  # ten recommendations, each a movie title with its year
