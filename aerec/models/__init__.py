@@ -6,6 +6,7 @@ model means adding a line here.
 
 from aerec.models.als import ALS
 from aerec.models.base import NotFittedError, Recommender
+from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
 from aerec.models.ease import EASE
 from aerec.models.popularity import Popularity
@@ -15,6 +16,7 @@ MODELS: dict[str, type[Recommender]] = {
     "ease": EASE,
     "als": ALS,
     "bpr": BPR,
+    "bias": BiasBaseline,
 }
 
 
@@ -31,4 +33,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "BPR", "EASE", "MODELS", "NotFittedError", "Popularity", "Recommender", "make_model"]
+__all__ = ["ALS", "BPR", "BiasBaseline", "EASE", "MODELS", "NotFittedError", "Popularity", "Recommender", "make_model"]
