@@ -94,8 +94,8 @@ def _check_scores(scores: torch.Tensor) -> None:
         raise ValueError(f"scores must be 2-D (batch, n_items), got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
-    n_nan = int(torch.isnan(scores).sum())
-    if n_nan:
+    if bool(torch.isnan(scores).any()):  # count only on failure: the sum would copy the batch as int64
+        n_nan = int(torch.isnan(scores).sum())
         raise ValueError(f"scores contain {n_nan} NaN value(s); expected real numbers or -inf")
 
 

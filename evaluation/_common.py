@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
         "numpy": np.__version__,
@@ -116,9 +118,9 @@ def format_mean_sd(stats: dict, digits: int = 4) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A GitHub markdown table; numbers right-aligned."""
+    """A GitHub markdown table; columns of numbers (or numbers formatted as text) right-aligned."""
     def aligned(column: int) -> str:
-        numeric = all(isinstance(row[column], (int, float, np.number)) for row in rows) if rows else False
+        numeric = bool(rows) and all(_is_number(row[column]) for row in rows)
         return "---:" if numeric else "---"
 
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(aligned(c) for c in range(len(headers))) + " |"]
@@ -126,12 +128,19 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment_lines(env: dict) -> str:
-    """One markdown paragraph describing where the numbers were measured."""
+def _is_number(cell) -> bool:
+    if isinstance(cell, (int, float, np.number)):
+        return True
+    return isinstance(cell, str) and bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+", cell))
+
+
+def environment_lines(env: dict, load_average_at_end: Sequence[float]) -> str:
+    """One markdown paragraph describing where (and beside what load) the numbers were measured."""
     dirty = f", {len(env['git_dirty_files'])} uncommitted file(s)" if env["git_dirty_files"] else ""
     return (
         f"Measured on {env['platform']}, {env['cpu_count']} CPU cores, torch {env['torch']} "
         f"({env['torch_threads']} threads, CUDA {'yes' if env['cuda'] else 'no'}), numpy {env['numpy']}, "
         f"scipy {env['scipy']}, implicit {env['implicit']}, Python {env['python']}; "
-        f"git {env['git_commit'][:12]}{dirty}.\n"
+        f"git {env['git_commit'][:12]}{dirty}. 1-minute load average {env['load_average_at_start'][0]:.2f} at the start "
+        f"and {load_average_at_end[0]:.2f} at the end (other processes may share the cores, which inflates timings).\n"
     )

@@ -47,7 +47,8 @@ class EASE(Recommender):
         del gram
         weights = precision / (-precision.diagonal())  # B_ij = -P_ij / P_jj
         weights.diagonal().zero_()
-        self.weights_ = weights.to(torch.float32)
+        # row-major: cholesky_inverse returns column-major, which makes sparse.mm ~30x slower
+        self.weights_ = weights.to(torch.float32).contiguous()
         self.device_ = device
 
     def score_tensor(self, user_items) -> torch.Tensor:
