@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aerec.data import (
     ChecksumError,
@@ -218,3 +220,15 @@ def test_bundled_copy_matches_shared_copy(data_dir):
     for name in ("ratings.csv", "movies.csv", "README.txt"):
         shipped = (REPO / "data" / "ml-latest-small" / name).read_bytes()
         assert shipped == (data_dir / "ml-latest-small" / name).read_bytes(), name
+
+
+# -- property: from_pandas -> to_pandas keeps every interaction ------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["x", "y", "z", "w"]), st.integers(1, 10),
+                          st.integers(0, 10**9)), min_size=1, max_size=60, unique_by=lambda t: (t[0], t[1])))
+def test_round_trip_keeps_every_interaction(rows):
+    df = pd.DataFrame(rows, columns=["u", "i", "r", "t"])
+    data = Interactions.from_pandas(df, user="u", item="i", rating="r", timestamp="t")
+    back = data.to_pandas()
+    assert set(zip(back.user, back.item, back.rating, back.timestamp)) == set(map(tuple, df.itertuples(index=False)))
+    assert data.matrix.has_sorted_indices and data.nnz == len(df)
