@@ -1,0 +1,263 @@
+"""The one training loop every aerec model uses.
+
+A model supplies an ``nn.Module`` and a ``step_loss(module, batch, state)``
+function that returns a dict of scalar tensors with the key ``"loss"`` (what
+is minimised) and any other terms worth logging. The loop owns everything
+else: the device, row batches of the CSR (or dense array), the optimizer, the
+seed, per-epoch history, early stopping on a validation metric with the best
+weights restored, a progress bar on stderr, and a clear error on a NaN/inf
+loss. It reads top to bottom (nanoGPT's habit); checkpoints will hook in at
+the end of an epoch (``on_epoch_end``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aerec._torch import resolve_device
+from aerec.data.batching import RowBatch, iter_row_batches
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "lbfgs")
+StepLoss = Callable[[torch.nn.Module, RowBatch, "TrainingState"], dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; it stops before the weights are spoiled further."""
+
+
+@dataclass
+class TrainingState:
+    """Counters a loss may depend on (the KL anneal reads ``update``)."""
+
+    epoch: int = 0
+    update: int = 0
+
+
+@dataclass
+class History:
+    """Per-epoch records (loss terms, validation metric, seconds) and the early-stopping outcome."""
+
+    epochs: list = field(default_factory=list)
+    best_epoch: int | None = None
+    best_validation: float | None = None
+    stopped_early: bool = False
+
+    def column(self, name: str) -> list:
+        return [record.get(name) for record in self.epochs]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Parameters
+    ----------
+    epochs : int
+        Maximum number of passes over the rows.
+    batch_size : int or None
+        Rows per batch; None trains full-batch (one batch of all rows, as AutoRec's Rprop / L-BFGS).
+    optimizer : {"adam", "adamw", "sgd", "rprop", "lbfgs"}
+        "lbfgs" is full-batch by nature: each epoch is one L-BFGS step whose closure sums all batches.
+    lr, weight_decay : float
+        Passed to the optimizer (weight_decay is torch's, not a paper's penalty: leave it 0 and put
+        penalties in ``step_loss`` to match a paper).
+    seed : int
+        Seeds torch's global RNG (initialisation, corruption, sampling) and the batch order.
+    device : str
+        "auto" (CUDA when present), "cpu", "cuda".
+    patience : int or None
+        Stop after this many validations without improvement (None: run all epochs, still
+        restoring the best weights when there is a validation function).
+    validate_every : int
+        Validate every this many epochs (and after the last).
+    shuffle : bool
+        Permute the rows every epoch.
+    progress : bool
+        Show a tqdm bar on stderr.
+    """
+
+    epochs: int = 100
+    batch_size: int | None = 500
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    patience: int | None = None
+    validate_every: int = 1
+    shuffle: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("epochs", "validate_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r}; expected an integer >= 1")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1):
+            raise ValueError(f"batch_size={self.batch_size!r}; expected an integer >= 1 or None (full batch)")
+        if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
+            raise ValueError(f"patience={self.patience!r}; expected an integer >= 1 or None")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr!r}; expected a positive number")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay={self.weight_decay!r}; expected a number >= 0")
+        if self.weight_decay and self.optimizer in ("rprop", "lbfgs"):
+            raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; torch's "
+                             "Rprop and L-BFGS take none: put the penalty in the loss")
+        resolve_device(self.device)
+
+
+def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfig,
+          validate: Callable[[torch.nn.Module], float] | None = None, maximize: bool = True,
+          rows: np.ndarray | None = None, on_epoch_end: Sequence[Callable] = (), desc: str = "training") -> History:
+    """Train ``module`` in place on the rows of ``data`` and return the :class:`History`.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Moved to the configured device.
+    data : csr_matrix or ndarray
+        The rows to train on (users x items, or items x users for I-AutoRec).
+    step_loss : callable
+        ``step_loss(module, batch, state) -> {"loss": tensor, other terms...}`` for one batch.
+    config : TrainConfig
+    validate : callable, optional
+        ``validate(module) -> float`` (run under ``no_grad`` in eval mode); with it the best
+        weights are kept and restored at the end.
+    maximize : bool
+        Whether a larger validation value is better (NDCG: yes; RMSE: no).
+    rows : ndarray, optional
+        Train on these rows only.
+    on_epoch_end : sequence of callables
+        Each called as ``fn(state, module, optimizer, record)`` after every epoch (checkpoints hook here).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    module.to(device)
+    optimizer = make_optimizer(module, config)
+    state, history = TrainingState(), History()
+    best_weights, since_best = None, 0
+    bar = tqdm(range(config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False)
+    for epoch in bar:
+        state.epoch = epoch
+        started = time.perf_counter()
+        module.train()
+        batches = iter_row_batches(data, config.batch_size or data.shape[0], device, config.shuffle, rng, rows)
+        terms = run_epoch(module, batches, step_loss, optimizer, state, config.optimizer == "lbfgs")
+        record = {"epoch": epoch + 1, **terms, "seconds": time.perf_counter() - started}
+        if validate is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
+            record["validation"] = run_validation(module, validate)
+            if improved(record["validation"], history.best_validation, maximize):
+                history.best_epoch, history.best_validation = epoch + 1, record["validation"]
+                best_weights, since_best = copy.deepcopy(module.state_dict()), 0
+            else:
+                since_best += 1
+        history.epochs.append(record)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "validation")})
+        for callback in on_epoch_end:
+            callback(state, module, optimizer, record)
+        if config.patience is not None and since_best >= config.patience:
+            history.stopped_early = True
+            break
+    bar.close()
+    if best_weights is not None:
+        module.load_state_dict(best_weights)
+    module.eval()
+    return history
+
+
+def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingState, full_batch_closure: bool) -> dict:
+    """One pass; returns the mean of each loss term over the batches."""
+    if full_batch_closure:
+        return lbfgs_epoch(module, list(batches), step_loss, optimizer, state)
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        terms = step_loss(module, batch, state)
+        check_finite(terms, state)
+        terms["loss"].backward()
+        optimizer.step()
+        state.update += 1
+        n_batches += 1
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+    return {name: total / max(n_batches, 1) for name, total in sums.items()}
+
+
+def lbfgs_epoch(module, batches: list[RowBatch], step_loss: StepLoss, optimizer, state: TrainingState) -> dict:
+    """One full-batch L-BFGS step: the closure sums the loss terms over every batch."""
+    last: dict[str, float] = {}
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        total = None
+        last.clear()
+        for batch in batches:
+            terms = step_loss(module, batch, state)
+            check_finite(terms, state)
+            terms["loss"].backward()
+            total = terms["loss"].detach() if total is None else total + terms["loss"].detach()
+            for name, value in terms.items():
+                last[name] = last.get(name, 0.0) + float(value.detach())
+        return total
+
+    optimizer.step(closure)
+    state.update += 1
+    return dict(last)
+
+
+def check_finite(terms: dict, state: TrainingState) -> None:
+    if "loss" not in terms:
+        raise ValueError(f"step_loss must return a dict with a 'loss' entry, got keys {sorted(terms)}")
+    loss = float(terms["loss"].detach())
+    if not math.isfinite(loss):
+        shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
+        raise NonFiniteLossError(
+            f"the loss became {loss} at epoch {state.epoch + 1}, update {state.update} ({shown}); training "
+            "stopped. Lower the learning rate, or check the input for extreme values"
+        )
+
+
+def run_validation(module, validate) -> float:
+    module.eval()
+    with torch.no_grad():
+        value = float(validate(module))
+    module.train()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the validation metric is {value}; expected a finite number")
+    return value
+
+
+def improved(value: float, best: float | None, maximize: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if maximize else value < best
+
+
+def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "rprop":
+        return torch.optim.Rprop(params, lr=config.lr)
+    return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
