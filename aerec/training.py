@@ -199,25 +199,30 @@ def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingSt
 
 
 def lbfgs_epoch(module, batches: list[RowBatch], step_loss: StepLoss, optimizer, state: TrainingState) -> dict:
-    """One full-batch L-BFGS step: the closure sums the loss terms over every batch."""
-    last: dict[str, float] = {}
+    """One full-batch L-BFGS step: the closure sums the loss terms over every batch.
+
+    The line search evaluates the closure several times; the terms recorded are those of
+    the first evaluation, at the weights the epoch started from (as the other optimizers'
+    epoch means are taken along the way, not after the last update).
+    """
+    evaluations: list[dict[str, float]] = []
 
     def closure():
         optimizer.zero_grad(set_to_none=True)
-        total = None
-        last.clear()
+        total, sums = None, {}
         for batch in batches:
             terms = step_loss(module, batch, state)
             check_finite(terms, state)
             terms["loss"].backward()
             total = terms["loss"].detach() if total is None else total + terms["loss"].detach()
             for name, value in terms.items():
-                last[name] = last.get(name, 0.0) + float(value.detach())
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+        evaluations.append(sums)
         return total
 
     optimizer.step(closure)
     state.update += 1
-    return dict(last)
+    return evaluations[0]
 
 
 def check_finite(terms: dict, state: TrainingState) -> None:
@@ -260,4 +265,5 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "rprop":
         return torch.optim.Rprop(params, lr=config.lr)
-    return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+    # one iteration per epoch; max_eval must leave the line search room (torch's default, 1.25 x max_iter, stalls it)
+    return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")

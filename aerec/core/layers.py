@@ -1,0 +1,468 @@
+"""Layers every aerec autoencoder is assembled from.
+
+General building blocks for encoder/decoder networks (Bank, Koenigstein and
+Giryes, "Autoencoders", 2020; Goodfellow, Bengio and Courville, *Deep
+Learning*, ch. 14):
+
+- :func:`make_activation` turns a name into an activation module;
+- :class:`SparseInputLinear` is a linear layer whose input may be a torch
+  sparse COO batch, so the first layer costs time in proportion to the
+  observed entries rather than to ``batch x n_items``;
+- :class:`TiedLinear` is a decoder layer that reuses the transpose of an
+  encoder layer's weight ("tied weights");
+- :class:`LayerStack` / :class:`DenseStack` are the MLPs, with
+  :meth:`DenseStack.tied_decoder` building the mirrored, weight-tied decoder;
+- :func:`weight_matrices` lists the weight matrices for an L2 penalty.
+
+The small argument checks at the bottom (:func:`check_real`,
+:func:`check_positive_int`, :func:`check_choice`) are shared by the other
+``aerec.core`` modules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "DenseStack",
+    "LayerStack",
+    "SparseInputLinear",
+    "TiedLinear",
+    "make_activation",
+    "weight_matrices",
+]
+
+_ACTIVATION_CLASSES = {
+    "identity": nn.Identity,
+    "linear": nn.Identity,  # alias: "a linear layer with no activation"
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+#: Names accepted by :func:`make_activation` (torch's default parameters for each).
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATION_CLASSES)
+
+#: Weight initialisations accepted by the linear layers here (see :func:`init_linear_`).
+INITS: tuple[str, ...] = ("torch", "xavier")
+
+# vae_cf initialises biases with tf.truncated_normal(stddev=0.001): a normal cut at two standard deviations.
+_XAVIER_BIAS_STD = 0.001
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module for ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`ACTIVATIONS`: ``"identity"`` (alias ``"linear"``),
+        ``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"elu"``, ``"selu"``,
+        ``"softplus"`` or ``"leaky_relu"``; each with torch's default
+        parameters.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of the allowed names.
+    """
+    check_choice("activation", name, ACTIVATIONS)
+    return _ACTIVATION_CLASSES[name]()
+
+
+def init_linear_(weight: torch.Tensor, bias: torch.Tensor | None, init: str) -> None:
+    """Initialise a linear layer's ``weight`` (out, in) and ``bias`` in place.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Weight of shape (out_features, in_features).
+    bias : torch.Tensor or None
+        Bias of shape (out_features,), or None.
+    init : {"torch", "xavier"}
+        ``"torch"`` is exactly :meth:`torch.nn.Linear.reset_parameters`
+        (Kaiming-uniform weights, biases uniform in +-1/sqrt(in_features)).
+        ``"xavier"`` is vae_cf's initialisation (Liang et al. 2018):
+        Xavier/Glorot-uniform weights and biases drawn from a normal with
+        standard deviation 0.001 truncated at two standard deviations, as
+        TensorFlow's ``truncated_normal``.
+    """
+    check_choice("init", init, INITS)
+    with torch.no_grad():
+        if init == "xavier":
+            nn.init.xavier_uniform_(weight)
+            if bias is not None:
+                std = _XAVIER_BIAS_STD
+                nn.init.trunc_normal_(bias, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            return
+        # The body of torch.nn.Linear.reset_parameters, written against bare tensors.
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if bias is not None:
+            fan_in = weight.shape[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(bias, -bound, bound)
+
+
+class SparseInputLinear(nn.Linear):
+    """A linear layer ``y = x W^T + b`` whose input may be dense or torch sparse COO.
+
+    It is a :class:`torch.nn.Linear` (same ``weight`` of shape
+    (out_features, in_features), ``bias``, state-dict keys and default
+    initialisation) with two additions: an ``init`` choice, and a forward
+    pass that accepts a 2-D sparse COO batch (as made by
+    :func:`aerec._torch.csr_to_sparse_tensor`) and computes
+    ``torch.sparse.mm(x, weight.t()) + bias`` without densifying it. Its
+    cost, forward and backward, grows with the stored entries of the batch;
+    the result and the gradients of ``weight`` and ``bias`` equal those of the
+    dense path.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Positive input and output widths.
+    bias : bool, default True
+        Whether to learn an additive bias.
+    init : {"torch", "xavier"}, default "torch"
+        Initialisation, see :func:`init_linear_`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "torch") -> None:
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        check_choice("init", init, INITS)
+        # Set before nn.Linear.__init__, which calls reset_parameters (a plain string is safe to set this early).
+        self.init = init
+        super().__init__(int(in_features), int(out_features), bias=bool(bias))
+
+    def reset_parameters(self) -> None:
+        """Re-draw ``weight`` and ``bias`` with this layer's ``init``."""
+        init_linear_(self.weight, self.bias, self.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x W^T + b`` of shape (batch, out_features) for a dense or sparse COO ``x`` (batch, in_features)."""
+        _check_input(x, self.in_features, allow_sparse=True)
+        if x.layout == torch.strided:
+            return super().forward(x)
+        out = torch.sparse.mm(x, self.weight.t())
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, init={self.init!r}"
+
+
+class TiedLinear(nn.Module):
+    """A decoder layer reusing the transpose of another layer's weight: ``y = x W + b'``.
+
+    ``W`` is ``source.weight`` of shape (out, in) -- the very same
+    :class:`~torch.nn.Parameter`, so both uses accumulate gradients into it
+    and an optimiser over ``model.parameters()`` sees it once. The layer maps
+    ``source.out_features`` inputs back to ``source.in_features`` outputs and
+    owns only its bias ``b'``.
+
+    Parameters
+    ----------
+    source : torch.nn.Module
+        A layer with a 2-D ``weight`` parameter of shape (out, in), such as
+        :class:`torch.nn.Linear` or :class:`SparseInputLinear`.
+    bias : bool, default True
+        Whether to learn the decoder's own bias.
+    init : {"torch", "xavier"}, default "torch"
+        How to initialise the bias: ``"torch"`` uniform in
+        +-1/sqrt(in_features) as :class:`torch.nn.Linear`, ``"xavier"`` the
+        truncated normal of std 0.001 (see :func:`init_linear_`). The weight
+        is never re-initialised here.
+
+    Notes
+    -----
+    As in torch's own weight tying, the shared parameter is registered in
+    both layers: ``parameters()`` yields it once, but ``state_dict()`` holds
+    it under both names (``torch.save`` / ``load_state_dict`` handle that;
+    ``safetensors.torch.save_file`` refuses shared tensors, use
+    ``safetensors.torch.save_model``).
+    """
+
+    def __init__(self, source: nn.Module, bias: bool = True, init: str = "torch") -> None:
+        super().__init__()
+        weight = getattr(source, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.ndim != 2:
+            raise ValueError(
+                f"source={type(source).__name__} has no 2-D weight parameter; "
+                "expected a layer such as nn.Linear with weight of shape (out, in)"
+            )
+        check_choice("init", init, INITS)
+        self.init = init
+        self.weight = weight  # shared, not copied: registered here as well, deduplicated by .parameters()
+        self.in_features, self.out_features = weight.shape  # (out, in) of the source: this layer maps back
+        self.bias = None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, dtype=weight.dtype, device=weight.device))
+        self.reset_bias()
+
+    def reset_bias(self) -> None:
+        """Re-draw the bias (the shared weight belongs to the source layer and is left alone)."""
+        if self.bias is None:
+            return
+        with torch.no_grad():
+            if self.init == "xavier":
+                std = _XAVIER_BIAS_STD
+                nn.init.trunc_normal_(self.bias, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            else:
+                bound = 1 / math.sqrt(self.in_features)
+                nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x W + b'`` of shape (batch, out_features) for a dense ``x`` of shape (batch, in_features)."""
+        _check_input(x, self.in_features, allow_sparse=False)
+        return F.linear(x, self.weight.t(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, tied"
+
+
+class LayerStack(nn.Module):
+    """Linear layers, each followed by its activation: ``x -> act_k(layer_k(... act_1(layer_1(x))))``.
+
+    Parameters
+    ----------
+    layers : sequence of torch.nn.Module
+        The linear layers, in order; consecutive widths must agree.
+    activations : sequence of torch.nn.Module
+        One activation module per layer.
+
+    Attributes
+    ----------
+    layers : torch.nn.ModuleList
+        The linear layers (read or tie their weights from here).
+    activations : torch.nn.ModuleList
+        The activation applied after each layer.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], activations: Sequence[nn.Module]) -> None:
+        super().__init__()
+        layers, activations = list(layers), list(activations)
+        if not layers or len(layers) != len(activations):
+            raise ValueError(
+                f"got {len(layers)} layers and {len(activations)} activations; "
+                "expected at least one layer and one activation per layer"
+            )
+        for previous, following in zip(layers, layers[1:]):
+            if previous.out_features != following.in_features:
+                raise ValueError(
+                    f"layer widths do not chain: {previous.out_features} outputs feed {following.in_features} inputs"
+                )
+        self.layers = nn.ModuleList(layers)
+        self.activations = nn.ModuleList(activations)
+
+    @property
+    def widths(self) -> list[int]:
+        """Input width followed by every layer's output width."""
+        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply every layer and its activation in turn; returns shape (batch, widths[-1])."""
+        for layer, activation in zip(self.layers, self.activations):
+            x = activation(layer(x))
+        return x
+
+
+class DenseStack(LayerStack):
+    """An MLP ``widths[0] -> widths[1] -> ... -> widths[-1]``, the usual encoder or decoder.
+
+    ``activation`` follows every layer but the last, which is followed by
+    ``final_activation``.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        At least two positive widths: input, hidden..., output.
+    activation : str, default "tanh"
+        Activation between layers (see :data:`ACTIVATIONS`).
+    final_activation : str, default "identity"
+        Activation after the last layer.
+    sparse_input : bool, default False
+        Make the first layer a :class:`SparseInputLinear`, so the stack
+        accepts a torch sparse COO batch as well as a dense one. Otherwise all
+        layers are :class:`torch.nn.Linear` and the input must be dense.
+    init : {"torch", "xavier"}, default "torch"
+        Initialisation of every layer (see :func:`init_linear_`).
+
+    Examples
+    --------
+    An encoder shaped and initialised like Mult-DAE's, reading sparse
+    batches, and a weight-tied decoder back to the items (Mult-DAE itself
+    does not tie its weights)::
+
+        encoder = DenseStack([n_items, 600, 200], "tanh", "tanh", sparse_input=True, init="xavier")
+        decoder = encoder.tied_decoder()  # 200 -> 600 -> n_items
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: str = "tanh",
+        final_activation: str = "identity",
+        sparse_input: bool = False,
+        init: str = "torch",
+    ) -> None:
+        if (
+            isinstance(widths, (str, bytes))
+            or not isinstance(widths, (Sequence, np.ndarray))
+            or len(widths) < 2
+            or not all(_is_positive_int(width) for width in widths)
+        ):
+            raise ValueError(f"widths={widths!r}; expected a sequence of at least two positive integers")
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("final_activation", final_activation, ACTIVATIONS)
+        check_choice("init", init, INITS)
+        widths = [int(width) for width in widths]
+        first = SparseInputLinear(widths[0], widths[1], init=init) if sparse_input else _dense_linear(*widths[:2], init)
+        layers = [first] + [_dense_linear(n_in, n_out, init) for n_in, n_out in zip(widths[1:], widths[2:])]
+        super().__init__(layers, _activation_modules(len(layers), activation, final_activation))
+        self.activation = activation
+        self.final_activation = final_activation
+        self.sparse_input = bool(sparse_input)
+        self.init = init
+
+    def tied_decoder(self, final_activation: str = "identity") -> LayerStack:
+        """The mirrored decoder ``widths[-1] -> ... -> widths[0]`` made of :class:`TiedLinear` layers.
+
+        Layer ``k`` of the decoder uses the transpose of encoder layer
+        ``n - 1 - k``'s weight (the same parameter) with its own bias; the
+        encoder's ``activation`` follows every decoder layer but the last,
+        which gets ``final_activation``. So ``decoder(encoder(x))`` has the
+        input's width.
+
+        Parameters
+        ----------
+        final_activation : str, default "identity"
+            Activation on the reconstruction (see :data:`ACTIVATIONS`).
+
+        Returns
+        -------
+        LayerStack
+        """
+        check_choice("final_activation", final_activation, ACTIVATIONS)
+        layers = [TiedLinear(layer, init=self.init) for layer in reversed(self.layers)]
+        return LayerStack(layers, _activation_modules(len(layers), self.activation, final_activation))
+
+    def extra_repr(self) -> str:
+        return f"widths={self.widths}, activation={self.activation!r}, final_activation={self.final_activation!r}"
+
+
+def weight_matrices(module: nn.Module) -> list[torch.Tensor]:
+    """The weight matrices (not the biases) of every linear layer in ``module``, each shared one once.
+
+    Covers :class:`torch.nn.Linear` (so :class:`SparseInputLinear`) and
+    :class:`TiedLinear`; a weight shared by an encoder layer and a tied
+    decoder layer is listed once, so that an L2 penalty such as AutoRec's
+    ``||W||^2 + ||V||^2`` counts it once. Other parameters (embeddings,
+    biases) are not included.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    list of torch.nn.Parameter
+        In the order :meth:`torch.nn.Module.modules` visits the layers.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    found: dict[int, torch.Tensor] = {}
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, TiedLinear)):
+            found.setdefault(id(layer.weight), layer.weight)
+    return list(found.values())
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _dense_linear(in_features: int, out_features: int, init: str) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    if init != "torch":  # nn.Linear has already drawn torch's initialisation
+        init_linear_(layer.weight, layer.bias, init)
+    return layer
+
+
+def _activation_modules(n_layers: int, activation: str, final_activation: str) -> list[nn.Module]:
+    return [make_activation(activation) for _ in range(n_layers - 1)] + [make_activation(final_activation)]
+
+
+def _check_input(x, in_features: int, allow_sparse: bool) -> None:
+    """Raise unless ``x`` is a 2-D tensor (dense, or sparse COO where allowed) with ``in_features`` columns."""
+    layouts = (torch.strided, torch.sparse_coo) if allow_sparse else (torch.strided,)
+    if not isinstance(x, torch.Tensor) or x.layout not in layouts:
+        kind = "a dense or sparse COO" if allow_sparse else "a dense"
+        got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"layout {x.layout}"
+        raise TypeError(f"input must be {kind} torch.Tensor, got {got}")
+    if x.ndim != 2 or x.shape[1] != in_features:
+        raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {in_features})")
+
+
+def check_choice(name: str, value, allowed: Sequence) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is one of ``allowed``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is not known; expected one of {', '.join(map(repr, allowed))}")
+
+
+def check_positive_int(name: str, value) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a positive integer (bool excluded)."""
+    if not _is_positive_int(value):
+        raise ValueError(f"{name}={value!r}; expected a positive integer")
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def check_real(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float, or raise a ValueError naming it unless it is a finite real in the range.
+
+    The range is ``[low, high]``; ``low_open`` / ``high_open`` exclude that
+    end; ``None`` leaves that side unbounded.
+    """
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = real and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        expected = _describe_range(low, high, low_open, high_open)
+        raise ValueError(f"{name}={value!r}; expected a finite number {expected}")
+    return float(value)
+
+
+def _describe_range(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return "(not NaN or inf)"
