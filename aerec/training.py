@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, iter_row_batches
