@@ -83,6 +83,26 @@ class Recommender:
             )
         return rows
 
+    def ranking_validation(self, validation, k: int = 100):
+        """A ``validate(module) -> NDCG@k`` function for the training loop's early stopping, or None.
+
+        ``validation`` is a pair ``(fold_in, heldout)`` of validation users' rows
+        (Interactions or sparse matrices, the fitted number of items): the model
+        scores ``fold_in`` through ``score_tensor`` and is judged on ``heldout``
+        (Liang et al. keep the epoch with the best validation NDCG@100).
+        """
+        from aerec.evaluation import evaluate_ranking
+
+        if validation is None:
+            return None
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise ValueError(f"validation must be a pair (fold_in, heldout) of users' rows, got {type(validation).__name__}")
+        fold_in, heldout = (as_csr(part, name) for part, name in zip(validation, ("validation fold_in", "validation heldout")))
+        for name, part in (("fold_in", fold_in), ("heldout", heldout)):
+            if part.shape[1] != self.n_items_:
+                raise ValueError(f"validation {name} has {part.shape[1]} columns; expected {self.n_items_} items as train")
+        return lambda module: evaluate_ranking(self, fold_in, heldout, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]
+
     def check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(train) first")
