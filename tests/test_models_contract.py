@@ -21,6 +21,8 @@ FAST_PARAMS = {
     "als": {"factors": 16, "iterations": 5, "regularization": 1.0},
     "bpr": {"factors": 16, "iterations": 20, "fold_in_steps": 30},
     "bias": {},
+    "mult_vae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
+    "mult_dae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
 }
 
 
@@ -149,7 +151,9 @@ RANKING_MODELS = sorted(set(FAST_PARAMS) - {"popularity", "bias"})  # bias ranks
 @pytest.mark.parametrize("name", RANKING_MODELS)
 def test_beats_popularity_on_ml100k_heldout_users(ml100k_strong, name):
     split = ml100k_strong
-    params = {"ease": {"l2": 500.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64}}[name]
+    params = {"ease": {"l2": 500.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64},
+              "mult_vae": {"epochs": 5, "batch_size": 100, "lr": 3e-3},
+              "mult_dae": {"epochs": 5, "batch_size": 100, "lr": 3e-3}}[name]
 
     def ndcg(model):
         fitted = model.fit(split.train)

@@ -9,6 +9,7 @@ from aerec.models.base import NotFittedError, Recommender
 from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
 from aerec.models.ease import EASE
+from aerec.models.mult_vae import MultDAE, MultVAE
 from aerec.models.popularity import Popularity
 
 MODELS: dict[str, type[Recommender]] = {
@@ -17,6 +18,8 @@ MODELS: dict[str, type[Recommender]] = {
     "als": ALS,
     "bpr": BPR,
     "bias": BiasBaseline,
+    "mult_vae": MultVAE,
+    "mult_dae": MultDAE,
 }
 
 
@@ -33,4 +36,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "BPR", "BiasBaseline", "EASE", "MODELS", "NotFittedError", "Popularity", "Recommender", "make_model"]
+__all__ = ["ALS", "BPR", "BiasBaseline", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]
