@@ -8,6 +8,7 @@ from aerec.models.als import ALS
 from aerec.models.base import NotFittedError, Recommender
 from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
+from aerec.models.cdae import CDAE
 from aerec.models.ease import EASE
 from aerec.models.mult_vae import MultDAE, MultVAE
 from aerec.models.popularity import Popularity
@@ -20,6 +21,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bias": BiasBaseline,
     "mult_vae": MultVAE,
     "mult_dae": MultDAE,
+    "cdae": CDAE,
 }
 
 
@@ -36,4 +38,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "BPR", "BiasBaseline", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]
+__all__ = ["ALS", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]

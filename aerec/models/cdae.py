@@ -1,0 +1,419 @@
+"""CDAE: Collaborative Denoising Auto-Encoders for top-N recommendation.
+
+Yao Wu, Christopher DuBois, Alice X. Zheng, Martin Ester. "Collaborative
+Denoising Auto-Encoders for Top-N Recommender Systems", WSDM 2016,
+https://doi.org/10.1145/2835776.2835837
+
+The model, as the paper writes it (``y_u`` a user's binary row over the I items):
+
+- corruption: ``y~_u`` is ``y_u`` with each entry dropped with probability ``q``
+  and the kept ones scaled by ``1 / (1 - q)`` (the paper's unbiased dropout);
+- hidden layer: ``z_u = h(W^T y~_u + V_u + b)``, where ``V_u`` is a learned
+  K-vector for user ``u``: the *user node* that makes the auto-encoder
+  collaborative (an auto-encoder without it is not CDAE);
+- output: ``y^_ui = f(W'_i z_u + b'_i)``;
+- objective: ``(1/U) sum_u l(y_u, y^_u) + (lambda/2)(||W||^2 + ||W'||^2 +
+  ||V||^2 + ||b||^2 + ||b'||^2)`` with ``l`` the logistic (cross-entropy) or
+  squared loss summed over the user's observed items and a sample of the
+  unobserved ones (negative sampling; or over all items);
+- prediction: the clean (uncorrupted) row goes in, items are ranked by ``y^_u``.
+
+How users unseen in training are scored
+---------------------------------------
+``V_u`` exists only for the training users, and ``score_tensor`` /
+``recommend`` receive rows without user ids. Every row given to them is
+therefore scored by *fold-in* (``fold_in="fit"``, the default): its user
+vector is fitted with the network frozen, from a zero start, by
+``fold_in_steps`` Adam steps on that user's part of the training objective,
+``l_u(v) + (U lambda / 2) ||v||^2`` (the objective puts ``(1/U) l_u`` and
+``(lambda/2) ||V_u||^2`` on one user; multiplied by ``U``). With negative
+sampling, ``l_u`` is the sampled loss's *expectation*: the positives count
+fully and every unobserved item with weight ``n_negatives / n_unobserved``,
+so the fold-in is deterministic. ``fold_in="zero"`` uses ``V_u = 0`` instead.
+A training user's learned ``V_u`` is used by :meth:`CDAE.score_known_users`.
+
+Choices the paper leaves open or that depart from it (each a parameter)
+-----------------------------------------------------------------------
+- ``optimizer="adam"`` over mini-batches of 64 users, lr 1e-2 (the best of
+  1e-3 / 3e-3 / 1e-2 / 3e-2 and batches of 32 / 64 / 128 in a pilot on ML-100K's
+  validation users); the paper uses per-user SGD with AdaGrad.
+  ``optimizer="sgd"`` is available; the shared training loop offers no AdaGrad.
+- Defaults ``hidden_activation="sigmoid"``, ``output_activation="sigmoid"``,
+  ``loss="logistic"``: the paper's best combination on MovieLens in its
+  comparison of the mappings and losses, as we read it.
+  With the logistic loss the output is read as a logit whatever ``f`` is
+  (``log(1 + exp(-y a))`` on ``a = W'_i z_u + b'_i`` for ``f`` = identity,
+  the cross-entropy of ``sigmoid(a)`` for ``f`` = sigmoid: the same
+  function), so ``f`` matters only for the squared loss.
+- Negative sampling: per user and per epoch, ``negative_ratio`` unobserved
+  items per observed item (rounded to the nearest integer, at most all the
+  unobserved ones), drawn uniformly without replacement, 5 per positive by
+  default. This is our reading of the paper's sampling of a number of
+  negatives proportional to the user's observed items (the exact ratio is
+  not restated here from the paper). ``negative_sampling="fixed"`` draws
+  ``n_negatives`` per user; ``None`` sums the loss over every item.
+- The squared loss is ``sum (y - y^)^2`` (no 1/2 factor).
+- Initialisation (unspecified in the paper): torch's ``nn.Linear`` default
+  for ``W``, ``b``, ``W'``, ``b'`` (``init="torch"``; on ML-100K it trained far
+  better than vae_cf's Xavier initialisation, ``init="xavier"``, with which the
+  full-row loss stayed at the popularity solution), and ``V = 0`` (the point
+  the fold-in starts from).
+- Every stored entry of a row counts as a 1 (implicit feedback): the values
+  themselves are ignored.
+- ``score_tensor`` returns the output's pre-activation ``a``, which ``f``
+  maps monotonically to ``y^``: the same ranking, without the ties a
+  saturated sigmoid would make among the top items (:meth:`CDAE.reconstruct`
+  gives ``y^``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from aerec._torch import csr_to_dense_tensor, csr_to_sparse_tensor, resolve_device
+from aerec.core.corruption import MaskingNoise
+from aerec.core.layers import SparseInputLinear, init_linear_, make_activation
+from aerec.core.losses import bernoulli_nll, masked_squared_error
+from aerec.core.penalties import l2_weight_decay
+from aerec.models.base import Recommender, check_positive
+from aerec.training import OPTIMIZERS, TrainConfig, train
+
+ACTIVATIONS = ("sigmoid", "identity")
+LOSSES = ("logistic", "squared")
+NEGATIVE_SAMPLING = ("proportional", "fixed", None)
+FOLD_IN = ("fit", "zero")
+SCORE_BATCH = 1024
+
+
+class CDAENet(nn.Module):
+    """The CDAE network: input dropout, ``W`` / ``b``, user vectors ``V`` and the decoder ``W'`` / ``b'``.
+
+    Parameters
+    ----------
+    n_users, n_items, hidden_size : int
+        Training users (rows of ``V``), items and the hidden size K.
+    corruption : float
+        Input dropout probability q (kept entries scaled by 1 / (1 - q)).
+    hidden_activation : {"sigmoid", "identity"}
+        h.
+    init : {"torch", "xavier"}
+        Initialisation of ``W``, ``b``, ``W'``, ``b'`` (see :func:`aerec.core.layers.init_linear_`); ``V`` starts at 0.
+    """
+
+    def __init__(self, n_users: int, n_items: int, hidden_size: int, corruption: float, hidden_activation: str,
+                 init: str = "torch"):
+        super().__init__()
+        self.corruption = MaskingNoise(corruption, rescale=True)
+        self.encoder = SparseInputLinear(n_items, hidden_size, init=init)  # weight = W^T (K x I), bias = b
+        self.user_embedding = nn.Embedding(n_users, hidden_size)  # V
+        nn.init.zeros_(self.user_embedding.weight)
+        self.decoder = nn.Linear(hidden_size, n_items)  # weight = W' (I x K), bias = b'
+        init_linear_(self.decoder.weight, self.decoder.bias, init)
+        self.hidden_activation = make_activation(hidden_activation)
+
+    def forward(self, x: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Output pre-activations ``W' h(W^T x~ + V_u + b) + b'`` of training users (x~: x, dropped out in training)."""
+        return self.decode(self.encoder(self.corruption(x)) + self.user_embedding(users))
+
+    def decode(self, hidden_input: torch.Tensor) -> torch.Tensor:
+        """``W' h(hidden_input) + b'``: the output pre-activations for the hidden layer's input."""
+        return self.decoder(self.hidden_activation(hidden_input))
+
+    def penalized(self) -> list[torch.Tensor]:
+        """The tensors of the paper's L2 term: W, W', V, b, b'."""
+        return [self.encoder.weight, self.decoder.weight, self.user_embedding.weight, self.encoder.bias,
+                self.decoder.bias]
+
+
+class CDAE(Recommender):
+    """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016); see the module docstring.
+
+    Parameters
+    ----------
+    hidden_size : int
+        K, the hidden units (the paper's default 50).
+    corruption : float
+        Input dropout probability q in [0, 1).
+    l2 : float
+        lambda of ``(lambda/2)(||W||^2 + ||W'||^2 + ||V||^2 + ||b||^2 + ||b'||^2)``, added to the mean loss
+        over the batch's users (the objective's ``1/U`` mean).
+    loss : {"logistic", "squared"}
+    hidden_activation, output_activation : {"sigmoid", "identity"}
+        h and f.
+    negative_sampling : {"proportional", "fixed", None}
+        Which unobserved items the loss counts, per user and epoch: ``negative_ratio`` per observed item,
+        ``n_negatives`` per user, or (None) all of them.
+    negative_ratio : float
+        Negatives per observed item for "proportional".
+    n_negatives : int
+        Negatives per user for "fixed".
+    fold_in : {"fit", "zero"}
+        How a row's user vector is found when scoring: fitted with the network frozen, or zero.
+    fold_in_steps : int
+        Adam steps of the fold-in.
+    fold_in_lr : float
+        Adam step size of the fold-in.
+    epochs, batch_size, lr, optimizer, seed, device, patience, validate_every, progress :
+        Training settings (:class:`aerec.training.TrainConfig`); ``batch_size`` counts users.
+    init : {"torch", "xavier"}
+        Initialisation of the weights and biases (torch's ``nn.Linear`` default, or vae_cf's).
+
+    Attributes
+    ----------
+    module_ : CDAENet
+    n_train_users_ : int
+    history_ : aerec.training.History
+    """
+
+    def __init__(self, hidden_size: int = 50, corruption: float = 0.2, l2: float = 1e-4, loss: str = "logistic",
+                 hidden_activation: str = "sigmoid", output_activation: str = "sigmoid",
+                 negative_sampling: str | None = "proportional", negative_ratio: float = 5.0, n_negatives: int = 100,
+                 fold_in: str = "fit", fold_in_steps: int = 50, fold_in_lr: float = 0.1, epochs: int = 100,
+                 batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adam", seed: int = 0, device: str = "auto",
+                 patience: int | None = 10, validate_every: int = 1, init: str = "torch", progress: bool = False):
+        self.hidden_size = hidden_size
+        self.corruption = corruption
+        self.l2 = l2
+        self.loss = loss
+        self.hidden_activation = hidden_activation
+        self.output_activation = output_activation
+        self.negative_sampling = negative_sampling
+        self.negative_ratio = negative_ratio
+        self.n_negatives = n_negatives
+        self.fold_in = fold_in
+        self.fold_in_steps = fold_in_steps
+        self.fold_in_lr = fold_in_lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.seed = seed
+        self.device = device
+        self.patience = patience
+        self.validate_every = validate_every
+        self.init = init
+        self.progress = progress
+
+    # -- parameters ------------------------------------------------------------------
+    def validate_params(self) -> None:
+        for name in ("hidden_size", "n_negatives", "fold_in_steps", "epochs", "batch_size", "validate_every"):
+            check_positive(name, getattr(self, name), integer=True)
+        for name in ("negative_ratio", "fold_in_lr", "lr"):
+            check_positive(name, getattr(self, name))
+        _check_number("corruption", self.corruption, "a dropout probability in [0, 1)", lambda v: 0 <= v < 1)
+        _check_number("l2", self.l2, "a number >= 0", lambda v: v >= 0)
+        for name, allowed in (("loss", LOSSES), ("hidden_activation", ACTIVATIONS), ("output_activation", ACTIVATIONS),
+                              ("negative_sampling", NEGATIVE_SAMPLING), ("fold_in", FOLD_IN), ("optimizer", OPTIMIZERS),
+                              ("init", ("torch", "xavier"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.patience is not None:
+            check_positive("patience", self.patience, integer=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}; expected an integer >= 0")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress={self.progress!r}; expected True or False")
+        resolve_device(self.device)
+
+    # -- training --------------------------------------------------------------------
+    def _fit(self, matrix: sp.csr_matrix, validation) -> None:
+        device = resolve_device(self.device)
+        validate = self.ranking_validation(validation)  # checks the validation rows before any training
+        self.n_train_users_ = matrix.shape[0]
+        torch.manual_seed(self.seed)  # the initial weights depend on the seed only
+        self.module_ = CDAENet(matrix.shape[0], matrix.shape[1], self.hidden_size, self.corruption,
+                               self.hidden_activation, self.init).to(device)
+        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                             seed=self.seed, device=str(device), patience=self.patience if validate else None,
+                             validate_every=self.validate_every, progress=self.progress)
+        self.history_ = train(self.module_, matrix, self._step_loss, config, validate=validate, maximize=True,
+                              desc="CDAE")
+        self.module_.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
+
+    def _step_loss(self, module: CDAENet, batch, state) -> dict:
+        rows = binary_rows(batch.values)
+        observed = csr_to_dense_tensor(rows, batch.device, dtype=torch.bool)
+        logits = module(csr_to_sparse_tensor(rows, batch.device), batch.index_tensor)
+        if self.negative_sampling is None:
+            mask = None
+        else:
+            mask = observed | sample_negatives(observed, self.negative_counts(observed))
+        per_user = self.row_loss(logits, observed, mask)
+        penalty = l2_weight_decay(module.penalized(), self.l2)
+        reconstruction = per_user.mean()
+        return {"loss": reconstruction + penalty, "reconstruction": reconstruction.detach(),
+                "penalty": penalty.detach()}
+
+    def negative_counts(self, observed: torch.Tensor) -> torch.Tensor:
+        """Negatives to draw for each row of a boolean (rows, items) matrix, at most its unobserved items."""
+        n_observed = observed.sum(dim=1)
+        if self.negative_sampling == "fixed":
+            wanted = torch.full_like(n_observed, int(self.n_negatives))
+        else:
+            wanted = torch.round(n_observed.to(torch.float64) * float(self.negative_ratio)).to(n_observed.dtype)
+        return torch.minimum(wanted, observed.shape[1] - n_observed)
+
+    def expected_weights(self, observed: torch.Tensor) -> torch.Tensor:
+        """Each entry's weight in the expected training loss of a row: 1 if observed, else the chance to be sampled.
+
+        That chance is ``n_negatives / n_unobserved`` of the row (1 without negative sampling), so
+        ``(item_losses(logits, observed) * expected_weights(observed)).sum(1)`` is the expectation of
+        ``row_loss`` over the negative samples.
+        """
+        if self.negative_sampling is None:
+            return torch.ones(observed.shape, device=observed.device)
+        unobserved = (observed.shape[1] - observed.sum(dim=1)).clamp(min=1)
+        chance = self.negative_counts(observed).to(torch.float32) / unobserved
+        return torch.where(observed, 1.0, chance[:, None].expand(observed.shape))
+
+    def item_losses(self, logits: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """The loss of every (row, item) entry: what :meth:`row_loss` sums over its mask."""
+        target = observed.to(logits.dtype)
+        if self.loss == "logistic":
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return (self._output(logits) - target).square()
+
+    def row_loss(self, logits: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-row loss of output pre-activations against the binary rows, over ``mask`` (None: all items)."""
+        target = observed.to(logits.dtype)
+        if self.loss == "logistic":
+            return bernoulli_nll(logits, target, mask)
+        if mask is None:
+            mask = torch.ones_like(observed)
+        return masked_squared_error(self._output(logits), target, mask)
+
+    # -- scoring ---------------------------------------------------------------------
+    def score_tensor(self, user_items) -> torch.Tensor:
+        """Output pre-activations (n_rows, n_items) for the given rows, each folded in (see the module docstring)."""
+        rows = self.check_user_items(user_items)
+        module, device = self._module_and_device()
+        parts = []
+        for start in range(0, rows.shape[0], SCORE_BATCH):
+            batch = binary_rows(rows[start:start + SCORE_BATCH])
+            observed = csr_to_dense_tensor(batch, device, dtype=torch.bool)
+            with torch.no_grad():
+                base = module.encoder(csr_to_sparse_tensor(batch, device))
+            vectors = self._fold_in(module, base, observed)
+            with torch.no_grad():
+                parts.append(module.decode(base + vectors))
+        if not parts:
+            return torch.empty(0, self.n_items_, device=device)
+        return torch.cat(parts)
+
+    def user_vectors(self, user_items) -> torch.Tensor:
+        """The folded-in user vectors (n_rows, hidden_size) of the given rows (zeros for ``fold_in="zero"``)."""
+        rows = self.check_user_items(user_items)
+        module, device = self._module_and_device()
+        parts = []
+        for start in range(0, rows.shape[0], SCORE_BATCH):
+            batch = binary_rows(rows[start:start + SCORE_BATCH])
+            with torch.no_grad():
+                base = module.encoder(csr_to_sparse_tensor(batch, device))
+            parts.append(self._fold_in(module, base, csr_to_dense_tensor(batch, device, dtype=torch.bool)))
+        return torch.cat(parts) if parts else torch.empty(0, self.hidden_size, device=device)
+
+    def score_known_users(self, users, user_items) -> np.ndarray:
+        """Scores (as :meth:`score`) of training users from their learned ``V_u`` instead of a fold-in.
+
+        Parameters
+        ----------
+        users : array-like of int
+            Row indices of the training matrix, one per row of ``user_items``.
+        user_items : Interactions or sparse matrix
+            Those users' rows (normally their training rows).
+        """
+        rows = self.check_user_items(user_items)
+        users = np.asarray(users)
+        if users.ndim != 1 or len(users) != rows.shape[0] or not np.issubdtype(users.dtype, np.integer):
+            raise ValueError(f"users has shape {users.shape} and dtype {users.dtype}; expected {rows.shape[0]} integer "
+                             "training-user indices, one per row of user_items")
+        if len(users) and (users.min() < 0 or users.max() >= self.n_train_users_):
+            bad = int(users.min() if users.min() < 0 else users.max())
+            raise ValueError(f"users holds {bad}; expected training-user indices from 0 to {self.n_train_users_ - 1}")
+        module, device = self._module_and_device()
+        with torch.no_grad():
+            vectors = module.user_embedding(torch.as_tensor(users, dtype=torch.long, device=device))
+            logits = module.decode(module.encoder(csr_to_sparse_tensor(binary_rows(rows), device)) + vectors)
+        return logits.float().cpu().numpy()
+
+    def reconstruct(self, user_items) -> np.ndarray:
+        """``y^ = f(a)`` for the given rows (folded in): probabilities for the sigmoid output."""
+        return self._output(self.score_tensor(user_items)).float().cpu().numpy()
+
+    def _fold_in(self, module: CDAENet, base: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """User vectors minimising each row's part of the objective, the network frozen (see the module docstring)."""
+        vectors = torch.zeros(base.shape[0], self.hidden_size, device=base.device)
+        if self.fold_in == "zero" or base.shape[0] == 0:
+            return vectors
+        weights = self.expected_weights(observed)
+        penalty_weight = self.n_train_users_ * float(self.l2) / 2
+        vectors.requires_grad_(True)
+        optimizer = torch.optim.Adam([vectors], lr=float(self.fold_in_lr))
+        with torch.enable_grad():  # callers (the evaluator, the validation hook) run under no_grad
+            for _ in range(self.fold_in_steps):
+                logits = module.decode(base + vectors)
+                loss = (self.item_losses(logits, observed) * weights).sum() + penalty_weight * vectors.pow(2).sum()
+                (gradient,) = torch.autograd.grad(loss, [vectors])  # the network's weights get no gradient
+                vectors.grad = gradient
+                optimizer.step()
+        return vectors.detach()
+
+    def _output(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.output_activation == "sigmoid" else logits
+
+    def _module_and_device(self) -> tuple[CDAENet, torch.device]:
+        module = self.module_
+        return module, next(module.parameters()).device
+
+
+def sample_negatives(observed: torch.Tensor, counts: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``counts[r]`` unobserved items of each row uniformly without replacement.
+
+    Parameters
+    ----------
+    observed : torch.Tensor of bool, shape (rows, items)
+        True where the user has the item.
+    counts : torch.Tensor of int, shape (rows,)
+        How many to draw per row; at most the row's unobserved items.
+    generator : torch.Generator, optional
+        Source of randomness (torch's global generator by default).
+
+    Returns
+    -------
+    torch.Tensor of bool, shape (rows, items)
+        True at the drawn items; never where ``observed`` is True.
+    """
+    if not isinstance(observed, torch.Tensor) or observed.dtype != torch.bool or observed.ndim != 2:
+        got = getattr(observed, "dtype", type(observed).__name__)
+        raise ValueError(f"observed is {got}; expected a 2-D bool tensor")
+    if counts.shape != observed.shape[:1]:
+        raise ValueError(f"counts has shape {tuple(counts.shape)}; expected ({observed.shape[0]},), one per row")
+    available = observed.shape[1] - observed.sum(dim=1)
+    if bool((counts < 0).any()) or bool((counts > available).any()):
+        raise ValueError(f"counts={counts.tolist()}; expected from 0 to each row's unobserved items "
+                         f"{available.tolist()}")
+    keys = torch.rand(observed.shape, generator=generator, device=observed.device)
+    keys = keys.masked_fill(observed, 2.0)  # observed items sort last and are never among the first counts[r]
+    # the counts[r] smallest keys of row r: a uniform draw without replacement (topk is ~6x cheaper than a full sort)
+    k = int(counts.max()) if counts.numel() else 0
+    order = torch.topk(keys, k, dim=1, largest=False, sorted=True).indices
+    chosen = torch.arange(k, device=observed.device)[None, :] < counts[:, None]
+    return torch.zeros_like(observed).scatter_(1, order, chosen)
+
+
+def binary_rows(rows: sp.csr_matrix) -> sp.csr_matrix:
+    """The CSR rows with every stored entry (whatever its value, 0 included) set to 1.0: implicit feedback."""
+    if not rows.has_canonical_format:
+        rows = sp.csr_matrix(rows, copy=True)
+        rows.sum_duplicates()  # on a copy: the caller's matrix is left as it is
+    return sp.csr_matrix((np.ones(rows.nnz, dtype=np.float32), rows.indices, rows.indptr), shape=rows.shape)
+
+
+def _check_number(name: str, value, expected: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}={value!r}; expected {expected}")
