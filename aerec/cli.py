@@ -120,10 +120,10 @@ def cmd_evaluate(args) -> int:
 
 
 def evaluate_topn(model, data: Interactions, args) -> dict:
-    fold_in, heldout, train, summary = ranking_split(data, args)
+    fold_in, heldout, train, validation, summary = ranking_split(data, args)
     progress(f"split ({args.protocol}, seed {args.seed}): {summary}")
     started = time.perf_counter()
-    model.fit(train)
+    model.fit(train, validation=validation)  # models with epochs keep their best validation epoch
     fit_seconds = time.perf_counter() - started
     progress(f"fitted {model} in {fit_seconds:.2f} s")
     result = evaluate_ranking(model, fold_in, heldout, ks=tuple(args.k), metrics=("recall", "ndcg", "precision", "map"))
@@ -136,9 +136,10 @@ def ranking_split(data: Interactions, args):
         n_heldout = args.n_heldout or DEFAULT_N_HELDOUT.get(str(args.dataset), max(1, data.n_users // 10))
         implicit = bool(np.all(data.matrix.data == 1.0))  # no ratings to binarize (e.g. a file without a rating column)
         split = strong_generalization(data, n_heldout=n_heldout, seed=args.seed, threshold=None if implicit else 3.5)
-        return split.test_fold_in.matrix, split.test_heldout.matrix, split.train, split.summary()
+        validation = (split.validation_fold_in, split.validation_heldout)
+        return split.test_fold_in.matrix, split.test_heldout.matrix, split.train, validation, split.summary()
     split = per_user_holdout(data, test_fraction=0.2, seed=args.seed)
-    return split.train.matrix, split.test.matrix, split.train, split.summary()
+    return split.train.matrix, split.test.matrix, split.train, None, split.summary()
 
 
 def evaluate_ratings(model, data: Interactions, seed: int) -> dict:
