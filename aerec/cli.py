@@ -143,8 +143,9 @@ def ranking_split(data: Interactions, args):
 
 
 def evaluate_ratings(model, data: Interactions, seed: int) -> dict:
-    split = random_holdout(data, test_fraction=0.1, seed=seed)
-    model.fit(split.train)
+    # 10% of the training ratings pick the iteration of models with epochs (AutoRec's protocol)
+    split = random_holdout(data, test_fraction=0.1, validation_fraction=0.1, seed=seed)
+    model.fit(split.train, validation=split.validation)
     coo = split.test.matrix.tocoo()
     predicted = model.predict(coo.row, coo.col)
     return {"metrics": {"rmse": rmse(coo.data, predicted), "mae": mae(coo.data, predicted)}, "split": split.summary()}

@@ -5,6 +5,7 @@ model means adding a line here.
 """
 
 from aerec.models.als import ALS
+from aerec.models.autorec import AutoRec
 from aerec.models.base import NotFittedError, Recommender
 from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
@@ -22,6 +23,7 @@ MODELS: dict[str, type[Recommender]] = {
     "mult_vae": MultVAE,
     "mult_dae": MultDAE,
     "cdae": CDAE,
+    "autorec": AutoRec,
 }
 
 
@@ -38,4 +40,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]
+__all__ = ["ALS", "AutoRec", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]
