@@ -33,7 +33,10 @@ from aerec.data.readers import movielens_ratings_path
 from aerec.evaluation import evaluate_ranking
 from aerec.models.mult_vae import MultDAE, MultVAE
 
-N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60}
+# ml-20m is the paper's protocol (10,000 validation and 10,000 test users); its files are not on our machines,
+# so it runs only when asked for: --datasets ml-20m with ml-20m/ratings.csv under $AEREC_DATA_DIR.
+N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60, "ml-20m": 10_000}
+DEFAULT_DATASETS = ("ml-100k", "ml-latest-small")
 SEEDS = (98765, 1, 2, 3, 4)
 MODELS = {"mult_vae": MultVAE, "mult_dae": MultDAE}
 LABELS = {"mult_vae": "Mult-VAE", "mult_dae": "Mult-DAE"}
@@ -52,7 +55,9 @@ REFERENCE = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Data: known datasets are read from $AEREC_DATA_DIR (ml-latest-small also ships with aerec).")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(N_HELDOUT), default=list(N_HELDOUT), help="default: both")
+    parser.add_argument("--datasets", nargs="+", choices=sorted(N_HELDOUT), default=list(DEFAULT_DATASETS),
+                        help="default: %(default)s; ml-20m runs the paper's protocol (paper: Mult-VAE Recall@20 0.395, "
+                             "Recall@50 0.537, NDCG@100 0.426; Mult-DAE 0.387 / 0.524 / 0.419)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="split seeds (default: %(default)s)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS), help="default: both")
     parser.add_argument("--epochs", type=int, default=200, help="training epochs (default: %(default)s, as vae_cf)")
