@@ -26,13 +26,11 @@ from aerec.data import (
     read_parquet,
     strong_generalization,
 )
-from aerec.data.datasets import DEFAULT_DATASET
+from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
 from aerec.evaluation import evaluate_ranking, mae, rmse
 from aerec.models import MODELS, make_model
 
 PROTOCOLS = ("strong", "per-user", "ratings")
-# held-out users per part for the strong protocol: the issue's and the paper's sizes
-DEFAULT_N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60, "ml-1m": 600, "ml-10m": 7_000, "ml-20m": 10_000, "ml-25m": 10_000}
 DEMO_MODELS = (("popularity", {}), ("ease", {"l2": 500.0}))
 
 
@@ -133,7 +131,7 @@ def evaluate_topn(model, data: Interactions, args) -> dict:
 
 def ranking_split(data: Interactions, args):
     if args.protocol == "strong":
-        n_heldout = args.n_heldout or DEFAULT_N_HELDOUT.get(str(args.dataset), max(1, data.n_users // 10))
+        n_heldout = args.n_heldout or STRONG_N_HELDOUT.get(str(args.dataset), max(1, data.n_users // 10))
         implicit = bool(np.all(data.matrix.data == 1.0))  # no ratings to binarize (e.g. a file without a rating column)
         split = strong_generalization(data, n_heldout=n_heldout, seed=args.seed, threshold=None if implicit else 3.5)
         validation = (split.validation_fold_in, split.validation_heldout)
@@ -158,18 +156,27 @@ def load_dataset(name_or_path: str, data_dir) -> Interactions:
     if not path.is_file():
         raise CliError(f"--dataset {name_or_path!r} is neither a known dataset ({', '.join(DATASETS)}) nor a file")
     reader = read_parquet if path.suffix == ".parquet" else read_csv
-    columns = reader_columns(path)
-    return reader(path, **columns)
+    return reader(path, **reader_columns(path))
 
 
 def reader_columns(path: Path) -> dict:
-    """Column roles of a generic file: user and item required, rating and timestamp when present."""
-    import pandas as pd
+    """Column roles of a generic file, from its header only: user and item required, rating and timestamp when present."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet
 
-    header = pd.read_parquet(path).columns if path.suffix == ".parquet" else pd.read_csv(path, nrows=0).columns
+            header = pyarrow.parquet.read_schema(path).names
+        else:
+            import pandas as pd
+
+            header = list(pd.read_csv(path, nrows=0).columns)
+    except ImportError as exc:
+        raise CliError("reading Parquet needs pyarrow: pip install 'aerec[parquet]'") from exc
+    except Exception as exc:  # any unreadable header is the user's file, reported in one line
+        raise CliError(f"cannot read the header of {path}: {exc}") from exc
     missing = [name for name in ("user", "item") if name not in header]
     if missing:
-        raise CliError(f"{path} has columns {list(header)}; expected user and item (and optionally rating, timestamp)")
+        raise CliError(f"{path} has columns {header}; expected user and item (and optionally rating, timestamp)")
     return {"rating": "rating" if "rating" in header else None, "timestamp": "timestamp" if "timestamp" in header else None}
 
 
@@ -207,7 +214,7 @@ def format_report(report: dict) -> str:
 # -- demo ------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     data = load_movielens(DEFAULT_DATASET)
-    split = strong_generalization(data, n_heldout=DEFAULT_N_HELDOUT[DEFAULT_DATASET], seed=args.seed)
+    split = strong_generalization(data, n_heldout=STRONG_N_HELDOUT[DEFAULT_DATASET], seed=args.seed)
     progress(f"{DEFAULT_DATASET}: {data}; strong-generalization split: {split.summary()}")
     print(f"{DEFAULT_DATASET} (shipped with aerec), strong generalization, seed {args.seed}: "
           f"{split.train.n_users} train users, {split.train.n_items} items, {split.test_fold_in.n_users} test users\n")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aerec.data import StrongSplit
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -144,3 +146,22 @@ def environment_lines(env: dict, load_average_at_end: Sequence[float]) -> str:
         f"git {env['git_commit'][:12]}{dirty}. 1-minute load average {env['load_average_at_start'][0]:.2f} at the start "
         f"and {load_average_at_end[0]:.2f} at the end (other processes may share the cores, which inflates timings).\n"
     )
+
+
+def split_checks(split: StrongSplit) -> dict:
+    """Disjoint users, one shared item index, fold-in and held-out without common entries."""
+    train, validation, test = (set(part.user_ids.tolist()) for part in (split.train, split.validation_fold_in, split.test_fold_in))
+    parts = (split.train, split.validation_fold_in, split.validation_heldout, split.test_fold_in, split.test_heldout)
+    overlap = sum(
+        (fold_in.matrix.multiply(heldout.matrix)).nnz
+        for fold_in, heldout in ((split.validation_fold_in, split.validation_heldout), (split.test_fold_in, split.test_heldout))
+    )
+    return {
+        "users_disjoint": not (train & validation or train & test or validation & test),
+        "heldout_rows_match_fold_in": bool(
+            np.array_equal(split.validation_fold_in.user_ids, split.validation_heldout.user_ids)
+            and np.array_equal(split.test_fold_in.user_ids, split.test_heldout.user_ids)
+        ),
+        "same_item_index": all(np.array_equal(part.item_ids, split.train.item_ids) for part in parts),
+        "fold_in_heldout_common_entries": int(overlap),
+    }

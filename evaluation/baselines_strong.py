@@ -18,18 +18,17 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    write_results,
+    split_checks, write_results,
 )
 from aerec.data import StrongSplit, load_movielens, strong_generalization
+from aerec.data.datasets import STRONG_N_HELDOUT
 from aerec.data.readers import movielens_ratings_path
 from aerec.evaluation import evaluate_ranking
 from aerec.models import make_model
 
-N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60}
+N_HELDOUT = {name: STRONG_N_HELDOUT[name] for name in ("ml-100k", "ml-latest-small")}
 SEEDS = (98765, 1, 2, 3, 4)
 MODELS = ("ease", "als", "popularity")
 SELECTION_METRIC = "ndcg@100"
@@ -69,25 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # -- one split ----------------------------------------------------------------
-def split_checks(split: StrongSplit) -> dict:
-    """Disjoint users, one shared item index, fold-in and held-out without common entries."""
-    train, validation, test = (set(part.user_ids.tolist()) for part in (split.train, split.validation_fold_in, split.test_fold_in))
-    parts = (split.train, split.validation_fold_in, split.validation_heldout, split.test_fold_in, split.test_heldout)
-    overlap = sum(
-        (fold_in.matrix.multiply(heldout.matrix)).nnz
-        for fold_in, heldout in ((split.validation_fold_in, split.validation_heldout), (split.test_fold_in, split.test_heldout))
-    )
-    return {
-        "users_disjoint": not (train & validation or train & test or validation & test),
-        "heldout_rows_match_fold_in": bool(
-            np.array_equal(split.validation_fold_in.user_ids, split.validation_heldout.user_ids)
-            and np.array_equal(split.test_fold_in.user_ids, split.test_heldout.user_ids)
-        ),
-        "same_item_index": all(np.array_equal(part.item_ids, split.train.item_ids) for part in parts),
-        "fold_in_heldout_common_entries": int(overlap),
-    }
-
-
 def candidate_models(name: str, seed: int):
     """(params, unfitted model) for every grid point of ``name``; ALS is seeded with the split seed."""
     fixed = {**ALS_FIXED, "random_state": seed} if name == "als" else {}

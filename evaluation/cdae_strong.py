@@ -29,11 +29,12 @@ from _common import (
     write_results,
 )
 from aerec.data import load_movielens, strong_generalization
+from aerec.data.datasets import STRONG_N_HELDOUT
 from aerec.data.readers import movielens_ratings_path
 from aerec.evaluation import evaluate_ranking
 from aerec.models.cdae import CDAE
 
-N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60}
+N_HELDOUT = {name: STRONG_N_HELDOUT[name] for name in ("ml-100k", "ml-latest-small")}
 SEEDS = (98765, 1, 2, 3, 4)
 SELECTION_METRIC = "ndcg@100"
 TEST_METRICS = ("recall@20", "recall@50", "ndcg@100")

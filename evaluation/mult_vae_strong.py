@@ -25,17 +25,18 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    write_results,
+    split_checks, write_results,
 )
 from aerec._torch import resolve_device
 from aerec.data import StrongSplit, load_movielens, strong_generalization
+from aerec.data.datasets import STRONG_N_HELDOUT
 from aerec.data.readers import movielens_ratings_path
 from aerec.evaluation import evaluate_ranking
 from aerec.models.mult_vae import MultDAE, MultVAE
 
 # ml-20m is the paper's protocol (10,000 validation and 10,000 test users); its files are not on our machines,
 # so it runs only when asked for: --datasets ml-20m with ml-20m/ratings.csv under $AEREC_DATA_DIR.
-N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60, "ml-20m": 10_000}
+N_HELDOUT = {name: STRONG_N_HELDOUT[name] for name in ("ml-100k", "ml-latest-small", "ml-20m")}
 DEFAULT_DATASETS = ("ml-100k", "ml-latest-small")
 SEEDS = (98765, 1, 2, 3, 4)
 MODELS = {"mult_vae": MultVAE, "mult_dae": MultDAE}
@@ -72,12 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- one split ----------------------------------------------------------------
 def check_split(split: StrongSplit) -> dict:
     """Disjoint users and no (user, item) pair both fold-in and held-out (as baselines_strong.py checks)."""
-    train, validation, test = (set(part.user_ids.tolist()) for part in (split.train, split.validation_fold_in, split.test_fold_in))
-    overlap = sum(fold_in.matrix.multiply(heldout.matrix).nnz for fold_in, heldout in
-                  ((split.validation_fold_in, split.validation_heldout), (split.test_fold_in, split.test_heldout)))
-    checks = {"users_disjoint": not (train & validation or train & test or validation & test),
-              "fold_in_heldout_common_entries": int(overlap)}
-    if not checks["users_disjoint"] or overlap:
+    checks = split_checks(split)
+    if not checks["users_disjoint"] or checks["fold_in_heldout_common_entries"]:
         raise RuntimeError(f"not a valid strong-generalization split: {checks}")
     return checks
 

@@ -303,7 +303,8 @@ class Autoencoder:
         return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != type(self)().get_params()[k]}
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
         return f"Autoencoder({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 

@@ -69,6 +69,11 @@ DATASETS: dict[str, Dataset] = {
 
 DEFAULT_DATASET = "ml-latest-small"
 
+# Validation and test users each under strong generalization: the issue's sizes for the small sets, the
+# paper's 10,000 for ML-20M (and ML-25M); other data use 10% of the users.
+STRONG_N_HELDOUT = {"ml-100k": 100, "ml-latest-small": 60, "ml-1m": 600, "ml-10m": 7_000, "ml-20m": 10_000,
+                    "ml-25m": 10_000}
+
 
 class ChecksumError(ValueError):
     """A dataset file does not have the checksum of the published file."""
