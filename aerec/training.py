@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, iter_row_batches
+from aerec.optim import CliminRprop
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "lbfgs")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs")
 StepLoss = Callable[[torch.nn.Module, RowBatch, "TrainingState"], dict]
 
 
@@ -65,8 +66,9 @@ class TrainConfig:
         Maximum number of passes over the rows.
     batch_size : int or None
         Rows per batch; None trains full-batch (one batch of all rows, as AutoRec's Rprop / L-BFGS).
-    optimizer : {"adam", "adamw", "sgd", "rprop", "lbfgs"}
-        "lbfgs" is full-batch by nature: each epoch is one L-BFGS step whose closure sums all batches.
+    optimizer : {"adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs"}
+        "rprop" is torch's (iRprop-), "climin_rprop" climin's (:class:`aerec.optim.CliminRprop`,
+        AutoRec's reference). "lbfgs" is full-batch by nature: each epoch is one L-BFGS step whose closure sums all batches.
     lr, weight_decay : float
         Passed to the optimizer (weight_decay is torch's, not a paper's penalty: leave it 0 and put
         penalties in ``step_loss`` to match a paper).
@@ -112,8 +114,8 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r}; expected a positive number")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay={self.weight_decay!r}; expected a number >= 0")
-        if self.weight_decay and self.optimizer in ("rprop", "lbfgs"):
-            raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; torch's "
+        if self.weight_decay and self.optimizer in ("rprop", "climin_rprop", "lbfgs"):
+            raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; "
                              "Rprop and L-BFGS take none: put the penalty in the loss")
         resolve_device(self.device)
 
@@ -265,5 +267,7 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "rprop":
         return torch.optim.Rprop(params, lr=config.lr)
+    if config.optimizer == "climin_rprop":
+        return CliminRprop(params, lr=config.lr)
     # one iteration per epoch; max_eval must leave the line search room (torch's default, 1.25 x max_iter, stalls it)
     return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")

@@ -114,9 +114,9 @@ def test_reference_rprop_schedule():
     assert group["etas"] == (0.5, 1.2)
 
 
-@pytest.mark.parametrize("optimizer", ["rprop", "lbfgs", "adam"])
+@pytest.mark.parametrize("optimizer", ["climin_rprop", "rprop", "lbfgs", "adam"])
 def test_every_optimizer_lowers_the_objective(small, optimizer):
-    params = {"adam": {"batch_size": 2, "lr": 0.05}, "lbfgs": {}, "rprop": {}}[optimizer]
+    params = {"adam": {"batch_size": 2, "lr": 0.05}}.get(optimizer, {})
     model = AutoRec(kind="item", hidden=8, epochs=30, optimizer=optimizer, device="cpu", **params).fit(small)
     losses = model.history_.column("loss")
     assert losses[-1] < 0.5 * losses[0]
@@ -247,7 +247,9 @@ def test_item_kind_fold_in_ranks_real_users_sensibly(ml100k_slice, fitted_on_sli
     ({"epochs": 0}, "epochs=0; expected a positive integer"),
     ({"optimizer": "sgd"}, "optimizer='sgd'; expected one of"),
     ({"lr": 0.0}, "lr=0.0; expected a positive number"),
-    ({"batch_size": 100}, "batch_size=100 with optimizer='rprop'; Rprop is full-batch"),
+    ({"batch_size": 100}, "batch_size=100 with optimizer='climin_rprop'; Rprop is full-batch"),
+    ({"batch_size": 100, "optimizer": "rprop"}, "batch_size=100 with optimizer='rprop'; Rprop is full-batch"),
+    ({"lr": 1e-6}, r"lr=1e-06 with optimizer='climin_rprop'; expected at least 2e-06"),
     ({"optimizer": "adam", "batch_size": 0}, "batch_size=0; expected a positive integer"),
     ({"patience": 0}, "patience=0; expected a positive integer"),
     ({"default_rating": float("nan")}, "default_rating=nan; expected a finite number"),

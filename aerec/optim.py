@@ -1,0 +1,84 @@
+"""Optimizers that the reference implementations used and torch does not ship.
+
+:class:`CliminRprop` is Rprop as the climin library implements it
+(github.com/BRML/climin, ``climin/rprop.py``), the optimizer of AutoRec's
+reference code (mesuvash/NNRec). It differs from ``torch.optim.Rprop``
+(iRprop-, Igel & Huesken 2000) in two ways that change the trajectory:
+
+- after a sign change of the gradient the step still moves (with the shrunken
+  step size); iRprop- skips that update and forgets the gradient;
+- each changed step size gets the minimum step added after clipping
+  (``clip(step * eta) + min_step``), and a parameter whose gradient product is
+  exactly 0 (the first iteration, or a zero gradient) gets ``2 * min_step``
+  added: climin's first step is therefore ``2 * min_step`` everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CliminRprop(torch.optim.Optimizer):
+    """Full-batch Rprop with climin's update rule (see the module docstring).
+
+    Per parameter entry, with ``g`` this iteration's gradient, ``g'`` the previous
+    one (0 before the first) and ``s`` the step size::
+
+        g * g' > 0:  s = clip(s * grow, lo, hi) + lo
+        g * g' < 0:  s = clip(s * shrink, lo, hi) + lo
+        g * g' = 0:  s = s + 2 lo
+        theta -= s * sign(g)
+
+    Parameters
+    ----------
+    params : iterable
+        Parameters or parameter groups.
+    lr : float
+        The first step size. climin starts its step sizes at 0, so its first step is
+        ``2 * lo``; ``lr`` equal to that (2e-6 with the default ``step_sizes``) is climin
+        exactly, a larger ``lr`` starts the step sizes at ``lr - 2 lo``.
+    etas : (float, float)
+        ``(shrink, grow)``, 0 < shrink < 1 < grow (climin: 0.5, 1.2). Same key as
+        ``torch.optim.Rprop``, so a schedule may change it between steps.
+    step_sizes : (float, float)
+        ``(lo, hi)``, the clip range of the step sizes (climin: 1e-6, 1).
+    """
+
+    def __init__(self, params, lr: float = 2e-6, etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 1.0)):
+        shrink, grow = etas
+        low, high = step_sizes
+        if not 0.0 < shrink < 1.0 < grow:
+            raise ValueError(f"etas={etas!r}; expected (shrink, grow) with 0 < shrink < 1 < grow")
+        if not 0.0 < low <= high:
+            raise ValueError(f"step_sizes={step_sizes!r}; expected (low, high) with 0 < low <= high")
+        if not lr >= 2 * low:
+            raise ValueError(f"lr={lr!r}; expected at least 2 x the minimum step size ({2 * low:g}), "
+                             "climin's first step")
+        super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            shrink, grow = group["etas"]
+            low, high = group["step_sizes"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step_size"] = torch.full_like(param, group["lr"] - 2 * low)
+                    state["previous_gradient"] = torch.zeros_like(param)
+                step_size, previous, gradient = state["step_size"], state["previous_gradient"], param.grad
+                product = previous * gradient
+                grown = (step_size * grow).clamp_(low, high).add_(low)
+                shrunk = (step_size * shrink).clamp_(low, high).add_(low)
+                step_size.add_(2 * low)
+                step_size.copy_(torch.where(product > 0, grown, torch.where(product < 0, shrunk, step_size)))
+                param.addcmul_(step_size, gradient.sign(), value=-1.0)
+                previous.copy_(gradient)
+        return loss

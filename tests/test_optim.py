@@ -1,0 +1,67 @@
+"""CliminRprop against a line-by-line numpy transcription of climin's Rprop._iterate."""
+
+import numpy as np
+import pytest
+import torch
+
+from aerec.optim import CliminRprop
+
+
+def climin_rprop_steps(gradient_fn, wrt, n_steps, step_shrink=0.5, step_grow=1.2, min_step=1e-6, max_step=1.0):
+    """climin/rprop.py, Rprop._iterate, in numpy (changes start at 0, as climin's __init__)."""
+    wrt = wrt.copy()
+    gradient = np.zeros_like(wrt)
+    changes = np.zeros_like(wrt)
+    for _ in range(n_steps):
+        gradient_m1 = gradient
+        gradient = gradient_fn(wrt)
+        changes_min = changes * step_grow
+        changes_max = changes * step_shrink
+        gradprod = gradient_m1 * gradient
+        changes_min *= gradprod > 0
+        changes_max *= gradprod < 0
+        changes *= gradprod == 0
+        changes_min = np.clip(changes_min, min_step, max_step)
+        changes_max = np.clip(changes_max, min_step, max_step)
+        changes += changes_min + changes_max
+        wrt += -changes * np.sign(gradient)
+    return wrt
+
+
+def quadratic_gradient(target, scale):
+    return lambda w: scale * (w - target)
+
+
+@pytest.mark.parametrize("etas", [(0.5, 1.2), (0.5, 5.0)])
+def test_matches_climin_step_for_step(etas):
+    rng = np.random.default_rng(0)
+    target, scale, start = rng.normal(size=20), rng.uniform(0.5, 3.0, size=20), rng.normal(size=20)
+    start[3] = target[3]  # a zero gradient from the first step on
+    gradient_fn = quadratic_gradient(target, scale)
+    param = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizer = CliminRprop([param], lr=2e-6, etas=etas, step_sizes=(1e-6, 1.0))
+    for n_steps in range(1, 41):
+        optimizer.zero_grad()
+        param.grad = torch.tensor(gradient_fn(param.detach().numpy()))
+        optimizer.step()
+        expected = climin_rprop_steps(gradient_fn, start, n_steps, step_shrink=etas[0], step_grow=etas[1])
+        np.testing.assert_allclose(param.detach().numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_first_step_is_lr_and_steps_after_a_sign_change():
+    param = torch.nn.Parameter(torch.tensor([0.0], dtype=torch.float64))
+    optimizer = CliminRprop([param], lr=0.5, etas=(0.5, 1.2), step_sizes=(1e-6, 1.0))
+    for gradient, expected in [(-1.0, 0.5), (1.0, 0.5 - (0.25 + 1e-6))]:
+        param.grad = torch.tensor([gradient], dtype=torch.float64)
+        optimizer.step()
+        assert param.item() == pytest.approx(expected, abs=1e-15)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"etas": (1.5, 1.2)}, r"etas=\(1.5, 1.2\); expected \(shrink, grow\)"),
+    ({"step_sizes": (0.0, 1.0)}, r"step_sizes=\(0.0, 1.0\); expected \(low, high\)"),
+    ({"lr": 1e-7}, r"lr=1e-07; expected at least 2 x the minimum step size \(2e-06\)"),
+])
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CliminRprop([torch.nn.Parameter(torch.zeros(1))], **kwargs)
