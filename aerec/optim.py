@@ -82,3 +82,24 @@ class CliminRprop(torch.optim.Optimizer):
                 param.addcmul_(step_size, gradient.sign(), value=-1.0)
                 previous.copy_(gradient)
         return loss
+
+
+class LBFGS(torch.optim.LBFGS):
+    """``torch.optim.LBFGS`` that also takes parameters stored column-major.
+
+    torch's flattens each gradient with ``view(-1)``, which fails for a weight laid out
+    column-major (as :class:`aerec.core.layers.SparseInputLinear` keeps its own); here the
+    gradient is flattened with ``reshape(-1)`` in the same (row-major) order that torch's
+    update step reads it back with ``view_as``. Otherwise torch's L-BFGS unchanged.
+    """
+
+    def _gather_flat_grad(self):
+        views = []
+        for param in self._params:
+            if param.grad is None:
+                views.append(param.new_zeros(param.numel()))
+            elif param.grad.is_sparse:
+                views.append(param.grad.to_dense().reshape(-1))
+            else:
+                views.append(param.grad.reshape(-1))
+        return torch.cat(views, 0)

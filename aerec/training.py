@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, iter_row_batches
-from aerec.optim import CliminRprop
+from aerec.optim import LBFGS, CliminRprop
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs")
+PRECISIONS = ("fp32", "bf16")
 StepLoss = Callable[[torch.nn.Module, RowBatch, "TrainingState"], dict]
 
 
@@ -85,6 +86,10 @@ class TrainConfig:
         Permute the rows every epoch.
     progress : bool
         Show a tqdm bar on stderr.
+    precision : {"fp32", "bf16"}
+        "bf16" runs ``step_loss`` under ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
+        matrix products in bfloat16, weights, gradients and optimizer state in float32). Worth it
+        on GPUs and on CPUs with bfloat16 units (AVX512-BF16, AMX); elsewhere slower.
     """
 
     epochs: int = 100
@@ -98,6 +103,7 @@ class TrainConfig:
     validate_every: int = 1
     shuffle: bool = True
     progress: bool = True
+    precision: str = "fp32"
 
     def validate(self) -> None:
         for name in ("epochs", "validate_every"):
@@ -110,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"patience={self.patience!r}; expected an integer >= 1 or None")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr={self.lr!r}; expected a positive number")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
@@ -150,6 +158,7 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
     rng = np.random.default_rng(config.seed)
     module.to(device)
     optimizer = make_optimizer(module, config)
+    loss_fn = with_precision(step_loss, device, config.precision)
     state, history = TrainingState(), History()
     best_weights, since_best = None, 0
     bar = tqdm(range(config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False)
@@ -158,7 +167,7 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         started = time.perf_counter()
         module.train()
         batches = iter_row_batches(data, config.batch_size or data.shape[0], device, config.shuffle, rng, rows)
-        terms = run_epoch(module, batches, step_loss, optimizer, state, config.optimizer == "lbfgs")
+        terms = run_epoch(module, batches, loss_fn, optimizer, state, config.optimizer == "lbfgs")
         record = {"epoch": epoch + 1, **terms, "seconds": time.perf_counter() - started}
         if validate is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
             record["validation"] = run_validation(module, validate)
@@ -179,6 +188,18 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         module.load_state_dict(best_weights)
     module.eval()
     return history
+
+
+def with_precision(step_loss: StepLoss, device: torch.device, precision: str) -> StepLoss:
+    """``step_loss`` run under bfloat16 autocast for "bf16" (the forward pass only: backward and step stay outside)."""
+    if precision == "fp32":
+        return step_loss
+
+    def autocast_step_loss(module, batch, state):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return step_loss(module, batch, state)
+
+    return autocast_step_loss
 
 
 def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingState, full_batch_closure: bool) -> dict:
@@ -259,10 +280,11 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(module).__name__} has no trainable parameters")
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        # the fused kernel (one pass over each tensor; 5x faster than the per-op loop on CPU) where torch has one
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
+        adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "rprop":
@@ -270,4 +292,4 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     if config.optimizer == "climin_rprop":
         return CliminRprop(params, lr=config.lr)
     # one iteration per epoch; max_eval must leave the line search room (torch's default, 1.25 x max_iter, stalls it)
-    return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")
+    return LBFGS(params, lr=config.lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")

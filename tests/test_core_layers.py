@@ -57,11 +57,13 @@ def test_make_activation_rejects_unknown_names_and_lists_the_allowed(name):
 
 @pytest.mark.parametrize("init", ["torch", "xavier"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_sparse_and_dense_inputs_give_equal_outputs_and_gradients(init, bias):
+@pytest.mark.parametrize("dense_above, input_grad", [(1.0, False), (1.0, True), (0.0, False)],
+                         ids=["embedding_bag", "sparse_mm", "densified"])
+def test_sparse_and_dense_inputs_give_equal_outputs_and_gradients(init, bias, dense_above, input_grad):
     torch.manual_seed(0)
-    layer = SparseInputLinear(30, 7, bias=bias, init=init).double()
+    layer = SparseInputLinear(30, 7, bias=bias, init=init, dense_above=dense_above).double()
     csr = random_csr_batch()
-    sparse = csr_to_sparse_tensor(csr, torch.device("cpu")).double()
+    sparse = csr_to_sparse_tensor(csr, torch.device("cpu")).double().requires_grad_(input_grad)
     dense = torch.from_numpy(csr.toarray()).double()
     assert sparse.layout == torch.sparse_coo and sparse.is_coalesced()
 

@@ -60,6 +60,26 @@ def test_multinomial_nll_by_hand():
     assert reduce_rows(multinomial_nll(logits, x), "mean").item() == pytest.approx((9 * LN2 - LN3) / 2, abs=1e-12)
 
 
+def test_multinomial_nll_of_a_sparse_x_equals_the_dense_value_and_gradient():
+    torch.manual_seed(0)
+    x = (torch.rand(6, 9, dtype=F64) < 0.3).to(F64) * torch.randint(1, 4, (6, 9)).to(F64)
+    x[2] = 0.0  # a row with no clicks
+    grads = []
+    for counts in (x, x.to_sparse()):
+        logits = torch.randn(6, 9, dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        value = multinomial_nll(logits, counts)
+        value.sum().backward()
+        grads.append((value.detach(), logits.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-12, atol=1e-12)
+    assert grads[0][0][2] == 0.0
+
+
+def test_multinomial_nll_of_bfloat16_logits_is_float32():
+    logits, x = torch.randn(3, 5).to(torch.bfloat16), torch.ones(3, 5)
+    assert multinomial_nll(logits, x).dtype == torch.float32
+
+
 def test_multinomial_nll_equals_manual_log_softmax():
     logits = rand(5, 7) * 3
     x = (rand(5, 7, seed=1) > 0.5).to(F64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aerec.optim import CliminRprop
+from aerec.optim import LBFGS, CliminRprop
 
 
 def climin_rprop_steps(gradient_fn, wrt, n_steps, step_shrink=0.5, step_grow=1.2, min_step=1e-6, max_step=1.0):
@@ -65,3 +65,27 @@ def test_first_step_is_lr_and_steps_after_a_sign_change():
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CliminRprop([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+
+
+def test_lbfgs_on_a_column_major_weight_follows_the_row_major_one():
+    torch.manual_seed(0)
+    target = torch.randn(4, 3, dtype=torch.float64)
+    start = torch.randn(4, 3, dtype=torch.float64)
+    finals = []
+    for layout in ("row", "column"):
+        weight = start.clone() if layout == "row" else start.t().contiguous().t()
+        param = torch.nn.Parameter(weight)
+        assert param.is_contiguous() == (layout == "row")
+        optimizer = LBFGS([param], lr=1.0, max_iter=1, max_eval=25, history_size=5, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = ((param - target) ** 2 * torch.arange(1, 13, dtype=torch.float64).reshape(4, 3)).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(40):
+            optimizer.step(closure)
+        finals.append(param.detach().clone())
+    torch.testing.assert_close(finals[1], finals[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(finals[0], target, rtol=0, atol=1e-4)  # converged (to tolerance_change)

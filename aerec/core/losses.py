@@ -71,14 +71,24 @@ def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     logits : torch.Tensor
         Unnormalised scores, shape (rows, items).
     x : torch.Tensor
-        Counts (clicks), same shape.
+        Counts (clicks), same shape; dense, or sparse COO (then never densified: the loss is
+        ``(sum_i x_i) logsumexp(logits) - sum_{stored i} x_i logits_i``, the same value, with
+        the softmax over the catalogue the only dense work).
 
     Returns
     -------
     torch.Tensor
-        Shape (rows,).
+        Shape (rows,), in float32 or wider even for bfloat16 logits (the softmax is taken in float32).
     """
     check_pair("logits", logits, "x", x)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if x.layout == torch.sparse_coo:
+        x = x.coalesce()
+        (rows, cols), counts = x.indices(), x.values().to(logits.dtype)
+        totals = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, counts)
+        picked = torch.zeros_like(totals).index_add_(0, rows, counts * logits[rows, cols])
+        return totals * torch.logsumexp(logits, dim=-1) - picked
     return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1)
 
 

@@ -65,7 +65,7 @@ from aerec.core.penalties import l2_weight_decay
 from aerec.core.variational import GaussianLatent, LinearAnneal, kl_standard_normal, reparameterize
 from aerec.data.batching import RowBatch, iter_row_batches
 from aerec.models.base import Recommender, check_positive
-from aerec.training import TrainConfig, TrainingState, train
+from aerec.training import PRECISIONS, TrainConfig, TrainingState, train
 
 __all__ = ["MultDAE", "MultDAENet", "MultVAE", "MultVAENet", "l2_normalize_rows"]
 
@@ -208,6 +208,8 @@ class _MultAutoencoder(Recommender):
             check_positive("patience", self.patience, integer=True)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress={self.progress!r}; expected True or False")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
         resolve_device(self.device)
 
     def build_network(self, n_items: int) -> _MultNet:
@@ -221,7 +223,7 @@ class _MultAutoencoder(Recommender):
         self.module_ = self.build_network(matrix.shape[1])  # a re-fit starts from fresh weights
         config = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), optimizer="adam",
                              lr=float(self.lr), seed=int(self.seed), device=str(self.device_), patience=self.patience,
-                             shuffle=True, progress=self.progress)
+                             shuffle=True, progress=self.progress, precision=self.precision)
         self.n_updates_ = 0
 
         def count_updates(state: TrainingState, module, optimizer, record) -> None:
@@ -239,8 +241,8 @@ class _MultAutoencoder(Recommender):
         ----------
         module : MultDAENet or MultVAENet
         batch : RowBatch
-            Rows of the training matrix; the network reads ``batch.sparse``,
-            the likelihood ``batch.dense``.
+            Rows of the training matrix; the network and the likelihood read
+            ``batch.sparse`` (the batch is never densified).
         state : TrainingState
             ``state.update`` (optimizer updates done) sets Mult-VAE's KL weight.
         generator : torch.Generator, optional
@@ -313,6 +315,10 @@ class MultDAE(_MultAutoencoder):
         None runs every epoch (vae_cf). The best epoch's weights are kept either way.
     progress : bool, default False
         Show a progress bar on stderr.
+    precision : {"fp32", "bf16"}, default "fp32"
+        "bf16": train with bfloat16 autocast (mixed precision, see
+        :class:`aerec.training.TrainConfig`); scores are always computed in float32 (bfloat16
+        logits would tie in the ranking).
 
     Attributes
     ----------
@@ -330,7 +336,7 @@ class MultDAE(_MultAutoencoder):
 
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, epochs: int = 200,
                  batch_size: int = 500, lr: float = 1e-3, l2: float = 0.0, seed: int = 0, device: str = "auto",
-                 patience: int | None = None, progress: bool = False):
+                 patience: int | None = None, progress: bool = False, precision: str = "fp32"):
         self.hidden = hidden
         self.latent = latent
         self.dropout = dropout
@@ -342,10 +348,11 @@ class MultDAE(_MultAutoencoder):
         self.device = device
         self.patience = patience
         self.progress = progress
+        self.precision = precision
 
     def step_loss(self, module: MultDAENet, batch: RowBatch, state: TrainingState,
                   generator: torch.Generator | None = None) -> dict:
-        nll = multinomial_nll(module(batch.sparse), batch.dense).mean()
+        nll = multinomial_nll(module(batch.sparse), batch.sparse).mean()
         return {"loss": nll + self.weight_decay(module), "nll": nll.detach()}
 
     step_loss.__doc__ = _MultAutoencoder.step_loss.__doc__
@@ -393,6 +400,10 @@ class MultVAE(_MultAutoencoder):
         None runs every epoch (vae_cf). The best epoch's weights are kept either way.
     progress : bool, default False
         Show a progress bar on stderr.
+    precision : {"fp32", "bf16"}, default "fp32"
+        "bf16": train with bfloat16 autocast (mixed precision, see
+        :class:`aerec.training.TrainConfig`); scores are always computed in float32 (bfloat16
+        logits would tie in the ranking).
 
     Attributes
     ----------
@@ -413,7 +424,7 @@ class MultVAE(_MultAutoencoder):
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, beta_cap: float = 0.2,
                  total_anneal_steps: int = 200_000, epochs: int = 200, batch_size: int = 500, lr: float = 1e-3,
                  l2: float = 0.0, seed: int = 0, device: str = "auto", patience: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, precision: str = "fp32"):
         self.hidden = hidden
         self.latent = latent
         self.dropout = dropout
@@ -427,6 +438,7 @@ class MultVAE(_MultAutoencoder):
         self.device = device
         self.patience = patience
         self.progress = progress
+        self.precision = precision
 
     def validate_params(self) -> None:
         super().validate_params()
@@ -445,8 +457,8 @@ class MultVAE(_MultAutoencoder):
                   generator: torch.Generator | None = None) -> dict:
         beta = self.beta(state.update)
         logits, mu, logvar = module(batch.sparse, generator=generator)
-        nll = multinomial_nll(logits, batch.dense).mean()
-        kl = kl_standard_normal(mu, logvar).mean()
+        nll = multinomial_nll(logits, batch.sparse).mean()
+        kl = kl_standard_normal(mu.float(), logvar.float()).mean()
         loss = nll + beta * kl + self.weight_decay(module)
         return {"loss": loss, "nll": nll.detach(), "kl": kl.detach(), "beta": torch.tensor(beta, dtype=torch.float64)}
 
