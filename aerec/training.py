@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from aerec._torch import resolve_device
-from aerec.data.batching import RowBatch, iter_row_batches
+from aerec.data.batching import RowBatch, RowSource
 from aerec.optim import LBFGS, CliminRprop
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs")
@@ -159,6 +159,7 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
     module.to(device)
     optimizer = make_optimizer(module, config)
     loss_fn = with_precision(step_loss, device, config.precision)
+    source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
     state, history = TrainingState(), History()
     best_weights, since_best = None, 0
     bar = tqdm(range(config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False)
@@ -166,7 +167,7 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         state.epoch = epoch
         started = time.perf_counter()
         module.train()
-        batches = iter_row_batches(data, config.batch_size or data.shape[0], device, config.shuffle, rng, rows)
+        batches = source.batches(config.batch_size or data.shape[0], config.shuffle, rng, rows)
         terms = run_epoch(module, batches, loss_fn, optimizer, state, config.optimizer == "lbfgs")
         record = {"epoch": epoch + 1, **terms, "seconds": time.perf_counter() - started}
         if validate is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):

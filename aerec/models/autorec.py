@@ -36,6 +36,7 @@ from aerec._torch import csr_to_sparse_tensor, resolve_device
 from aerec.core.layers import SparseInputLinear, weight_matrices
 from aerec.core.losses import masked_squared_error, reduce_rows
 from aerec.core.penalties import l2_weight_decay
+from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
 from aerec.models.base import Recommender, as_csr, check_positive
 from aerec.training import History, TrainConfig, train
@@ -128,8 +129,9 @@ def autorec_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, w
     return {"loss": squared_error + penalty, "squared_error": squared_error, "penalty": penalty}
 
 
-def autorec_objective(module: AutoRecNet, rows: sp.csr_matrix, l2: float, device: torch.device | None = None) -> dict:
-    """The paper's objective over the stored ratings of ``rows`` (a CSR batch of rating vectors).
+def autorec_objective(module: AutoRecNet, rows: sp.csr_matrix | RowBatch, l2: float,
+                      device: torch.device | None = None) -> dict:
+    """The paper's objective over the stored ratings of ``rows`` (a batch of rating vectors).
 
     ``sum_{stored (j, c)} (rows[j, c] - h(rows[j])[c])^2 + (l2 / 2)(||W||^2 + ||V||^2)``: each row is
     encoded from its stored ratings (unstored entries are 0 in the input) and the output layer is
@@ -138,23 +140,26 @@ def autorec_objective(module: AutoRecNet, rows: sp.csr_matrix, l2: float, device
     Parameters
     ----------
     module : AutoRecNet
-    rows : csr_matrix
-        Canonical CSR (sorted indices, no duplicates) with ``module``'s number of columns.
+    rows : RowBatch or csr_matrix
+        A batch cut by the training loop, or a canonical CSR (sorted indices, no duplicates),
+        with ``module``'s number of columns.
     l2 : float
         ``lambda``.
     device : torch.device, optional
-        Where ``module`` lives (default: the device of its parameters).
+        Where ``module`` lives, for a CSR ``rows`` (default: the device of its parameters).
 
     Returns
     -------
     dict
         ``{"loss", "squared_error", "penalty"}``, scalar tensors.
     """
-    device = device if device is not None else next(module.parameters()).device
-    pattern = _csr_tensor(rows, device)
-    pred = module.observed(csr_to_sparse_tensor(rows, device), pattern)
+    if not isinstance(rows, RowBatch):
+        device = device if device is not None else next(module.parameters()).device
+        rows = RowBatch(np.arange(rows.shape[0]), rows, device)
+    pattern = rows.csr
+    pred = module.observed(rows.sparse, pattern)
     target = pattern.values()
-    mask = torch.ones((1, target.numel()), dtype=torch.bool, device=device)  # every stored entry is observed
+    mask = torch.ones((1, target.numel()), dtype=torch.bool, device=target.device)  # every stored entry is observed
     return autorec_loss(pred[None], target[None], mask, weight_matrices(module), l2)
 
 
@@ -356,7 +361,7 @@ class AutoRec(Recommender):
 
         def step_loss(module, batch, state):
             # a batch's penalty is weighted by its share of the rows: the batches add up to the objective
-            return autorec_objective(module, batch.values, l2 * len(batch) / n_rows, batch.device)
+            return autorec_objective(module, batch, l2 * len(batch) / n_rows)
 
         validate = None
         if held_out is not None:

@@ -234,9 +234,11 @@ class CDAE(Recommender):
         self.module_.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
 
     def _step_loss(self, module: CDAENet, batch, state) -> dict:
-        rows = binary_rows(batch.values)
-        observed = csr_to_dense_tensor(rows, batch.device, dtype=torch.bool)
-        logits = module(csr_to_sparse_tensor(rows, batch.device), batch.index_tensor)
+        clicks = batch.sparse
+        observed = batch.observed
+        binary = torch.sparse_coo_tensor(clicks.indices(), torch.ones_like(clicks.values()), clicks.shape,
+                                         is_coalesced=True, check_invariants=False)  # implicit feedback: 1 per entry
+        logits = module(binary, batch.index_tensor)
         if self.negative_sampling is None:
             mask = None
         else:
