@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, RowSource
+from aerec.distributed import LOSS_REDUCTIONS, data_parallel_step_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs")
@@ -86,6 +87,9 @@ class TrainConfig:
         Permute the rows every epoch.
     progress : bool
         Show a tqdm bar on stderr.
+    loss_reduction : {"mean", "sum"}
+        Whether ``step_loss`` is a mean over the batch's rows or a sum (AutoRec); it tells
+        distributed training how to weight each process's share (:mod:`aerec.distributed`).
     precision : {"fp32", "bf16"}
         "bf16" runs ``step_loss`` under ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
         matrix products in bfloat16, weights, gradients and optimizer state in float32). Worth it
@@ -104,6 +108,7 @@ class TrainConfig:
     shuffle: bool = True
     progress: bool = True
     precision: str = "fp32"
+    loss_reduction: str = "mean"
 
     def validate(self) -> None:
         for name in ("epochs", "validate_every"):
@@ -116,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"patience={self.patience!r}; expected an integer >= 1 or None")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction={self.loss_reduction!r}; expected one of {LOSS_REDUCTIONS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
@@ -153,12 +160,16 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         Each called as ``fn(state, module, optimizer, record)`` after every epoch (checkpoints hook here).
     """
     config.validate()
+    rank, world = rank_and_world()
     device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the same on every rank: one global batch order
     module.to(device)
     optimizer = make_optimizer(module, config)
     loss_fn = with_precision(step_loss, device, config.precision)
+    loss_fn = data_parallel_step_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
     state, history = TrainingState(), History()
     best_weights, since_best = None, 0
@@ -167,7 +178,7 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         state.epoch = epoch
         started = time.perf_counter()
         module.train()
-        batches = source.batches(config.batch_size or data.shape[0], config.shuffle, rng, rows)
+        batches = rank_batches(source, config, rng, rows, rank, world)
         terms = run_epoch(module, batches, loss_fn, optimizer, state, config.optimizer == "lbfgs")
         record = {"epoch": epoch + 1, **terms, "seconds": time.perf_counter() - started}
         if validate is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
@@ -191,6 +202,23 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
     return history
 
 
+def single_process(step_loss: StepLoss):
+    """``step_loss`` with the distributed signature ``(module, batch, state, weight)``; one process weighs 1."""
+    return lambda module, batch, state, weight: step_loss(module, batch, state)
+
+
+def rank_batches(source: RowSource, config: TrainConfig, rng, rows, rank: int, world: int):
+    """``(batch, weight)`` per update: this rank's share of each global batch and its loss weight."""
+    for index in source.batch_indices(config.batch_size or source.shape[0], config.shuffle, rng, rows):
+        if world == 1:
+            yield source.batch(index), 1.0
+            continue
+        share, weight = rank_share(index, rank, world)
+        if config.loss_reduction == "sum":
+            weight = float(world) if weight else 0.0
+        yield source.batch(share), weight
+
+
 def with_precision(step_loss: StepLoss, device: torch.device, precision: str) -> StepLoss:
     """``step_loss`` run under bfloat16 autocast for "bf16" (the forward pass only: backward and step stay outside)."""
     if precision == "fp32":
@@ -209,9 +237,9 @@ def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingSt
         return lbfgs_epoch(module, list(batches), step_loss, optimizer, state)
     sums: dict[str, float] = {}
     n_batches = 0
-    for batch in batches:
+    for batch, weight in batches:
         optimizer.zero_grad(set_to_none=True)
-        terms = step_loss(module, batch, state)
+        terms = step_loss(module, batch, state, weight)
         check_finite(terms, state)
         terms["loss"].backward()
         optimizer.step()
@@ -222,7 +250,7 @@ def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingSt
     return {name: total / max(n_batches, 1) for name, total in sums.items()}
 
 
-def lbfgs_epoch(module, batches: list[RowBatch], step_loss: StepLoss, optimizer, state: TrainingState) -> dict:
+def lbfgs_epoch(module, batches: list, step_loss: StepLoss, optimizer, state: TrainingState) -> dict:
     """One full-batch L-BFGS step: the closure sums the loss terms over every batch.
 
     The line search evaluates the closure several times; the terms recorded are those of
@@ -234,8 +262,8 @@ def lbfgs_epoch(module, batches: list[RowBatch], step_loss: StepLoss, optimizer,
     def closure():
         optimizer.zero_grad(set_to_none=True)
         total, sums = None, {}
-        for batch in batches:
-            terms = step_loss(module, batch, state)
+        for batch, weight in batches:
+            terms = step_loss(module, batch, state, weight)
             check_finite(terms, state)
             terms["loss"].backward()
             total = terms["loss"].detach() if total is None else total + terms["loss"].detach()

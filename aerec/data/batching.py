@@ -193,6 +193,12 @@ class RowSource:
     def batches(self, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None,
                 rows: np.ndarray | None = None) -> Iterator[RowBatch]:
         """:class:`RowBatch` es of ``batch_size`` rows (the last may be smaller); see :func:`iter_row_batches`."""
+        for index in self.batch_indices(batch_size, shuffle, rng, rows):
+            yield self.batch(index)
+
+    def batch_indices(self, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None,
+                      rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """The row indices of each batch, in order (see :meth:`batches`)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
         order = np.arange(self.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -201,7 +207,7 @@ class RowSource:
                 raise ValueError("shuffle=True needs an rng (np.random.Generator) so that the order is reproducible")
             order = rng.permutation(order)
         for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            yield order[start:start + batch_size]
 
 
 def iter_row_batches(matrix, batch_size: int, device: torch.device, shuffle: bool = False,

@@ -356,7 +356,7 @@ class AutoRec(Recommender):
         config = TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=optimizer,
                              lr=float(self.lr if self.lr is not None else DEFAULT_LR[optimizer]), seed=int(self.seed),
                              device=str(self.device_), patience=self.patience if held_out is not None else None,
-                             shuffle=optimizer == "adam", progress=self.progress)
+                             shuffle=optimizer == "adam", progress=self.progress, loss_reduction="sum")
         l2 = float(self.l2)
 
         def step_loss(module, batch, state):

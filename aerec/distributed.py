@@ -1,0 +1,104 @@
+"""Data-parallel training across processes with torch's DistributedDataParallel (DDP).
+
+Launch any training (for instance ``torchrun --nproc-per-node 4 -m aerec train ...``,
+or several nodes with torchrun's rendezvous options) and :func:`aerec.training.train`
+notices the initialised process group: every process (rank) keeps a copy of the
+model, the loop draws the same global batch order on every rank (same seed), and
+each rank encodes only its own share of each global batch (rows ``r, r + world,
+r + 2 world, ...`` of it). DDP averages the gradients across ranks during the
+backward pass; each rank's loss is first scaled so that the average equals the
+gradient of the whole global batch, as one process would compute it:
+
+- a loss that is a mean over its rows (``loss_reduction="mean"``, Mult-VAE, Mult-DAE,
+  CDAE, the core autoencoders) is scaled by ``world * rows_of_rank / rows_of_batch``;
+- a loss that is a sum over its rows (``"sum"``, AutoRec) is scaled by ``world``.
+
+So with deterministic losses (no dropout or sampling) the weights after each
+update equal single-process training up to float rounding; with random
+corruption the random draws differ (each rank draws for its own rows). The
+loss terms logged in ``History`` are the rank's own.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["LOSS_REDUCTIONS", "init_from_environment", "is_distributed", "rank_and_world", "rank_share"]
+
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
+def is_distributed() -> bool:
+    """Whether a torch.distributed process group with more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside distributed training."""
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def init_from_environment(device: str = "auto") -> bool:
+    """Initialise the process group from torchrun's environment (``WORLD_SIZE`` > 1); return whether it did.
+
+    The backend is NCCL on CUDA, gloo on CPU; on CUDA each process takes the GPU
+    ``LOCAL_RANK``. Outside torchrun (no ``WORLD_SIZE``, or 1) nothing happens.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or is_distributed():
+        return False
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def rank_share(batch_rows: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
+    """The rows of a global batch this rank encodes, and the weight of its loss for a mean-type loss.
+
+    Rows ``rank, rank + world, ...``. A rank left without rows (a global batch smaller than
+    the world) takes the batch's first row with weight 0: it must still join the gradient
+    all-reduce, and adds nothing to it.
+    """
+    share = batch_rows[rank::world]
+    if len(share) == 0:
+        return batch_rows[:1], 0.0
+    return share, world * len(share) / len(batch_rows)
+
+
+class StepLossModule(nn.Module):
+    """Wraps a model and its ``step_loss`` so that DDP sees one forward pass per step."""
+
+    def __init__(self, module: nn.Module, step_loss):
+        super().__init__()
+        self.module = module
+        self.step_loss = step_loss
+
+    def forward(self, batch, state, weight: float):
+        terms = dict(self.step_loss(self.module, batch, state))
+        terms["loss"] = terms["loss"] * weight
+        return terms
+
+
+def data_parallel_step_loss(module: nn.Module, step_loss, device: torch.device):
+    """``step_loss`` routed through a DistributedDataParallel wrapper of ``module``.
+
+    The returned function takes ``(module, batch, state, weight)``; ``weight`` scales the
+    rank's loss (see the module docstring).
+    """
+    wrapper = DistributedDataParallel(StepLossModule(module, step_loss),
+                                      device_ids=[device.index] if device.type == "cuda" else None)
+
+    def distributed_step_loss(_module, batch, state, weight: float = 1.0):
+        return wrapper(batch, state, weight)
+
+    return distributed_step_loss
