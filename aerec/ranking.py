@@ -8,11 +8,16 @@ top ``n`` of the rest, on whatever device the scores live.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["top_n", "mark_unavailable"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "batch_rows_for_budget", "mark_unavailable", "stream_top_n", "top_n"]
+
+#: Bytes of scores one batch of :func:`stream_top_n` may hold by default.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
 def top_n(scores: torch.Tensor, exclude: sp.csr_matrix | None, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +66,64 @@ def top_n(scores: torch.Tensor, exclude: sp.csr_matrix | None, n: int) -> tuple[
         scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device)] = -torch.inf
     top_scores, ids = torch.topk(scores, int(n), dim=1, largest=True, sorted=True)
     return ids, top_scores
+
+
+def batch_rows_for_budget(n_items: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Rows per batch so that a batch's float32 scores and topk's working copy fit in ``memory_budget`` bytes."""
+    _check_int_in_range("memory_budget", memory_budget, 1, None)
+    return max(1, int(memory_budget) // (2 * 4 * max(int(n_items), 1)))
+
+
+def stream_top_n(score_rows: Callable[[np.ndarray], torch.Tensor], exclude: sp.csr_matrix | None, n: int,
+                 n_rows: int | None = None, batch_rows: int | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Top-``n`` of many rows, one bounded batch at a time: yields ``(rows, ids, scores)`` as numpy arrays.
+
+    Scoring, masking and ``topk`` run where ``score_rows`` puts the scores (the GPU when
+    the model lives there); only the ``(batch, n)`` results come back to the host, so the
+    memory in use is one batch of scores however many rows there are.
+
+    Parameters
+    ----------
+    score_rows : callable
+        ``score_rows(row_indices) -> (len(row_indices), n_items)`` float scores.
+    exclude : csr_matrix or None
+        Items to skip per row (every stored entry), shape ``(n_rows, n_items)``; None: none.
+    n : int
+        Items per row.
+    n_rows : int, optional
+        Number of rows (default: ``exclude.shape[0]``).
+    batch_rows : int, optional
+        Rows per batch; default :func:`batch_rows_for_budget` of the first batch's width.
+    memory_budget : int
+        Bytes of scores per batch when ``batch_rows`` is None.
+
+    Yields
+    ------
+    rows : ndarray of int64
+        The rows of this batch.
+    ids : ndarray of int64
+        ``(len(rows), n)`` item indices, best first; -1 where a row has fewer than ``n`` allowed items.
+    scores : ndarray of float32
+        Their scores (-inf at the -1 places).
+    """
+    if n_rows is None:
+        if exclude is None:
+            raise ValueError("n_rows is needed when exclude is None")
+        n_rows = exclude.shape[0]
+    exclude = sp.csr_matrix(exclude) if exclude is not None else None
+    if batch_rows is None and exclude is not None:
+        batch_rows = batch_rows_for_budget(exclude.shape[1], memory_budget)
+    start = 0
+    while start < n_rows:
+        step = batch_rows or 1
+        rows = np.arange(start, min(start + step, n_rows), dtype=np.int64)
+        scores = score_rows(rows)
+        if batch_rows is None:  # size the batches from the catalogue now that it is known
+            batch_rows = batch_rows_for_budget(scores.shape[1], memory_budget)
+        ids, top_scores = top_n(scores, exclude[rows] if exclude is not None else None, n)
+        yield rows, mark_unavailable(ids, top_scores).cpu().numpy(), top_scores.float().cpu().numpy()
+        start = rows[-1] + 1
 
 
 def mark_unavailable(ids: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:

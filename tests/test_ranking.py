@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from aerec.ranking import mark_unavailable, top_n
+from aerec.ranking import batch_rows_for_budget, mark_unavailable, stream_top_n, top_n
 
 
 def random_case(seed, n_users=7, n_items=15, density=0.3):
@@ -113,3 +113,43 @@ def test_bad_scores():
 def test_csr_array_exclude_is_accepted():
     ids, _ = top_n(torch.tensor([[3.0, 2.0, 1.0]]), sp.csr_array(np.array([[1, 0, 0]])), 2)
     assert ids.tolist() == [[1, 2]]
+
+
+# -- streaming top-N in bounded batches ----------------------------------------------------------
+@pytest.mark.parametrize("batch_rows, memory_budget", [(1, None), (3, None), (None, 2 * 4 * 12 * 4), (None, 1)])
+def test_stream_top_n_equals_one_big_top_n(batch_rows, memory_budget):
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.standard_normal((10, 12)).astype(np.float32))
+    exclude = sp.random(10, 12, density=0.3, format="lil", random_state=1)
+    exclude[4, :] = 1.0  # a row with every item excluded
+    exclude = sp.csr_matrix(exclude)
+    expected_ids, expected_scores = top_n(scores.clone(), exclude, 5)
+    expected_ids = mark_unavailable(expected_ids, expected_scores).numpy()
+    seen_batches = []
+
+    def score_rows(rows):
+        seen_batches.append(len(rows))
+        return scores[torch.from_numpy(rows)].clone()
+
+    kwargs = {"batch_rows": batch_rows} if batch_rows else {"memory_budget": memory_budget}
+    parts = list(stream_top_n(score_rows, exclude, 5, **kwargs))
+    np.testing.assert_array_equal(np.concatenate([rows for rows, _, _ in parts]), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate([ids for _, ids, _ in parts]), expected_ids)
+    np.testing.assert_array_equal(np.concatenate([s for _, _, s in parts]), expected_scores.numpy())
+    assert (np.concatenate([ids for _, ids, _ in parts])[4] == -1).all()
+    expected_batch = batch_rows or max(1, memory_budget // (2 * 4 * 12))
+    assert max(seen_batches) == expected_batch and sum(seen_batches) == 10
+
+
+def test_model_recommend_streams_in_budgeted_batches():
+    from aerec.models import make_model
+
+    rows = sp.random(50, 30, density=0.2, format="csr", random_state=2)
+    rows.data[:] = 1.0
+    model = make_model("ease", l2=10.0).fit(rows)
+    whole_ids, whole_scores = model.recommend(rows, n=7)
+    parts = list(model.recommend_batches(rows, n=7, batch_rows=8))
+    assert [len(r) for r, _, _ in parts] == [8, 8, 8, 8, 8, 8, 2]
+    np.testing.assert_array_equal(np.concatenate([ids for _, ids, _ in parts]), whole_ids)
+    np.testing.assert_allclose(np.concatenate([s for _, _, s in parts]), whole_scores)
+    assert batch_rows_for_budget(30, 2 * 4 * 30 * 8) == 8

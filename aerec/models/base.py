@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from aerec.data.interactions import Interactions
-from aerec.ranking import mark_unavailable, top_n
+from aerec.ranking import DEFAULT_MEMORY_BUDGET, batch_rows_for_budget, stream_top_n
 
 
 class NotFittedError(ValueError):
@@ -66,11 +66,26 @@ class Recommender:
         where fewer than ``n`` items remain, the missing places hold id -1 and
         score -inf.
         """
+        parts = list(self.recommend_batches(user_items, n, filter_already_liked_items))
+        if not parts:
+            return np.empty((0, n), dtype=np.int64), np.empty((0, n), dtype=np.float32)
+        return np.concatenate([ids for _, ids, _ in parts]), np.concatenate([scores for _, _, scores in parts])
+
+    def recommend_batches(self, user_items, n: int = 10, filter_already_liked_items: bool = True,
+                          batch_rows: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        """:meth:`recommend`, streamed: yields ``(rows, ids, scores)`` for one bounded batch of rows at a time.
+
+        Each batch is scored, masked and ranked on the model's device; only the top ``n``
+        come back, so memory holds one batch of scores (``memory_budget`` bytes, or
+        ``batch_rows`` rows) however many users there are.
+        """
         rows = self.check_user_items(user_items)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= self.n_items_:
             raise ValueError(f"n={n!r}; expected an integer from 1 to the {self.n_items_} items of the catalogue")
-        ids, scores = top_n(self.score_tensor(rows), rows if filter_already_liked_items else None, int(n))
-        return mark_unavailable(ids, scores).cpu().numpy(), scores.float().cpu().numpy()
+        if batch_rows is None:
+            batch_rows = batch_rows_for_budget(self.n_items_, memory_budget)
+        yield from stream_top_n(lambda index: self.score_tensor(rows[index]), rows if filter_already_liked_items else None,
+                                int(n), n_rows=rows.shape[0], batch_rows=batch_rows)
 
     # -- helpers for subclasses ------------------------------------------------
     def check_user_items(self, user_items) -> sp.csr_matrix:
