@@ -49,7 +49,7 @@ def top_n(scores: torch.Tensor, exclude: sp.csr_matrix | None, n: int) -> tuple[
     TypeError
         If ``scores`` is not a floating-point tensor or ``exclude`` is not sparse.
     ValueError
-        If ``scores`` is not 2-D or contains NaN, ``n`` is out of range, or
+        If ``scores`` is not 2-D or holds NaN at an item not excluded, ``n`` is out of range, or
         ``exclude`` has another shape.
 
     Notes
@@ -65,6 +65,11 @@ def top_n(scores: torch.Tensor, exclude: sp.csr_matrix | None, n: int) -> tuple[
         rows, cols = _stored_coordinates(exclude, tuple(scores.shape))
         scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device)] = -torch.inf
     top_scores, ids = torch.topk(scores, int(n), dim=1, largest=True, sorted=True)
+    # topk ranks NaN above every number, so a NaN among a row's allowed items is in its top n: checking the
+    # (batch, n) result finds it without a pass over the whole batch (NaN at excluded items is overwritten)
+    if bool(torch.isnan(top_scores).any()):
+        bad_rows = int(torch.isnan(top_scores).any(dim=1).sum())
+        raise ValueError(f"scores contain NaN in {bad_rows} row(s); expected real numbers or -inf")
     return ids, top_scores
 
 
@@ -86,7 +91,8 @@ def stream_top_n(score_rows: Callable[[np.ndarray], torch.Tensor], exclude: sp.c
     Parameters
     ----------
     score_rows : callable
-        ``score_rows(row_indices) -> (len(row_indices), n_items)`` float scores.
+        ``score_rows(row_indices) -> (len(row_indices), n_items)`` float scores; the indices
+        of a batch are consecutive (``start, ..., stop - 1``).
     exclude : csr_matrix or None
         Items to skip per row (every stored entry), shape ``(n_rows, n_items)``; None: none.
     n : int
@@ -121,7 +127,7 @@ def stream_top_n(score_rows: Callable[[np.ndarray], torch.Tensor], exclude: sp.c
         scores = score_rows(rows)
         if batch_rows is None:  # size the batches from the catalogue now that it is known
             batch_rows = batch_rows_for_budget(scores.shape[1], memory_budget)
-        ids, top_scores = top_n(scores, exclude[rows] if exclude is not None else None, n)
+        ids, top_scores = top_n(scores, exclude[rows[0]:rows[-1] + 1] if exclude is not None else None, n)
         yield rows, mark_unavailable(ids, top_scores).cpu().numpy(), top_scores.float().cpu().numpy()
         start = rows[-1] + 1
 
@@ -157,9 +163,6 @@ def _check_scores(scores: torch.Tensor) -> None:
         raise ValueError(f"scores must be 2-D (batch, n_items), got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
-    if bool(torch.isnan(scores).any()):  # count only on failure: the sum would copy the batch as int64
-        n_nan = int(torch.isnan(scores).sum())
-        raise ValueError(f"scores contain {n_nan} NaN value(s); expected real numbers or -inf")
 
 
 def _check_int_in_range(name: str, value, low: int, high: int | None) -> None:

@@ -104,7 +104,7 @@ def test_bad_scores():
         top_n(torch.zeros(4), None, 1)
     with pytest.raises(TypeError, match="floating-point tensor, got dtype torch.int64"):
         top_n(torch.zeros(2, 4, dtype=torch.int64), None, 1)
-    with pytest.raises(ValueError, match=r"scores contain 1 NaN value\(s\)"):
+    with pytest.raises(ValueError, match=r"scores contain NaN in 1 row\(s\)"):
         top_n(torch.tensor([[0.0, float("nan")]]), None, 1)
     with pytest.raises(TypeError, match="scores must be a torch.Tensor, got ndarray"):
         top_n(np.zeros((2, 4)), None, 1)
@@ -153,3 +153,13 @@ def test_model_recommend_streams_in_budgeted_batches():
     np.testing.assert_array_equal(np.concatenate([ids for _, ids, _ in parts]), whole_ids)
     np.testing.assert_allclose(np.concatenate([s for _, _, s in parts]), whole_scores)
     assert batch_rows_for_budget(30, 2 * 4 * 30 * 8) == 8
+
+
+def test_nan_at_an_excluded_item_is_ignored_and_anywhere_else_is_refused():
+    scores = torch.tensor([[0.5, float("nan"), 0.1], [0.2, 0.3, float("nan")]])
+    exclude = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 0]], dtype=np.float32))
+    with pytest.raises(ValueError, match=r"scores contain NaN in 1 row\(s\)"):
+        top_n(scores.clone(), exclude, 1)
+    exclude = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1]], dtype=np.float32))
+    ids, _ = top_n(scores.clone(), exclude, 1)
+    assert ids[:, 0].tolist() == [0, 1]

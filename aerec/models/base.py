@@ -84,7 +84,7 @@ class Recommender:
             raise ValueError(f"n={n!r}; expected an integer from 1 to the {self.n_items_} items of the catalogue")
         if batch_rows is None:
             batch_rows = batch_rows_for_budget(self.n_items_, memory_budget)
-        yield from stream_top_n(lambda index: self.score_tensor(rows[index]), rows if filter_already_liked_items else None,
+        yield from stream_top_n(lambda index: self.score_tensor(rows[index[0]:index[-1] + 1]), rows if filter_already_liked_items else None,
                                 int(n), n_rows=rows.shape[0], batch_rows=batch_rows)
 
     # -- helpers for subclasses ------------------------------------------------
