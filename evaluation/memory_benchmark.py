@@ -1,0 +1,147 @@
+"""Peak memory of training against what the data and the model need: CSR + parameters + two batches.
+
+Each case runs in a fresh Python process (so peaks do not carry over): the data
+is built, the process's resident set size (RSS) is read, the model is fitted,
+and the peak RSS of the process (``ru_maxrss``) minus that baseline is the
+training's peak increase (the same model is first fitted on 64 rows, so that
+loading kernels and library workspaces, a fixed cost, is in the baseline). On a GPU ``torch.cuda.max_memory_allocated`` is taken
+as well. The reference size is the training CSR (indptr + indices + values) +
+the parameters + two batches (a batch = its rows as a dense float32
+``batch x n_items`` block, the size of the model's widest activation). Target:
+peak increase under 2x the reference.
+
+Run from the repository root:
+
+    .venv/bin/python evaluation/memory_benchmark.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results
+
+CASES = {
+    # name: (model, params, data kind, shape)
+    "mult_vae_ml1m": ("mult_vae", {"epochs": 2}, "implicit", (6040, 3706, 1_000_209)),
+    "mult_vae_ml20m": ("mult_vae", {"epochs": 1}, "implicit", (136_677, 20_108, 10_000_000)),
+    "i_autorec_1m": ("autorec", {"kind": "item", "epochs": 3}, "ratings", (6040, 3706, 1_000_209)),
+    "u_autorec_1m": ("autorec", {"kind": "user", "epochs": 3}, "ratings", (6040, 3706, 1_000_209)),
+    "cdae_ml1m": ("cdae", {"epochs": 2, "patience": None}, "implicit", (6040, 3706, 1_000_209)),
+}
+TARGET = 2.0
+MIB = 2**20
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(name: str, device: str) -> dict:
+    """Runs inside the fresh process: build the data, fit, report sizes and peaks."""
+    from aerec.data import binarize
+    from aerec.data.synthetic import zipf_interactions
+    from aerec.models import make_model
+
+    torch.set_num_threads(1)
+    model_name, params, kind, shape = CASES[name]
+    data = zipf_interactions(*shape, ratings=True, seed=0)
+    matrix = (binarize(data) if kind == "implicit" else data).matrix
+    # warm-up on a slice: loads the kernels and libraries' workspaces, a fixed cost not due to the data
+    make_model(model_name, device=device, **params).fit(matrix[:64])
+    model = make_model(model_name, device=device, **params)
+    baseline = rss_bytes()
+    model.fit(matrix)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    module = next(getattr(model, a) for a in ("module_", "net_") if hasattr(model, a))
+    n_params = sum(p.numel() for p in module.parameters())
+    batch_rows = getattr(model, "batch_size", None) or (matrix.shape[1] if params.get("kind") == "item" else matrix.shape[0])
+    width = matrix.shape[0] if params.get("kind") == "item" else matrix.shape[1]
+    csr = matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+    reference = csr + 4 * n_params + 2 * 4 * batch_rows * width
+    out = {"name": name, "model": model_name, "params": params, "shape": list(matrix.shape), "nnz": int(matrix.nnz),
+           "csr_bytes": int(csr), "parameter_bytes": int(4 * n_params), "batch_rows": int(batch_rows),
+           "batch_bytes": int(4 * batch_rows * width), "reference_bytes": int(reference),
+           "baseline_rss_bytes": int(baseline), "peak_rss_bytes": int(peak), "peak_increase_bytes": int(peak - baseline)}
+    if device.startswith("cuda"):
+        out["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def run_case(name: str, device: str) -> dict:
+    script = Path(__file__).resolve()
+    result = subprocess.run([sys.executable, str(script), "--child", name, "--device", device],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def markdown(record: dict) -> str:
+    rows = []
+    for c in record["cases"]:
+        ratio = c["peak_increase_bytes"] / c["reference_bytes"]
+        gpu = (f"{c['cuda_max_memory_allocated_bytes'] / MIB:,.0f}" if "cuda_max_memory_allocated_bytes" in c else "-")
+        rows.append([c["name"], f"{c['nnz']:,}", f"{c['csr_bytes'] / MIB:,.1f}", f"{c['parameter_bytes'] / MIB:,.1f}",
+                     f"{c['batch_rows']:,} rows, {c['batch_bytes'] / MIB:,.1f}", f"{c['reference_bytes'] / MIB:,.1f}",
+                     f"{c['peak_increase_bytes'] / MIB:,.1f}", f"{ratio:.2f}", "met" if ratio < TARGET else "missed", gpu])
+    table = markdown_table(["case", "entries", "CSR MiB", "parameters MiB", "one batch", "reference MiB",
+                            "peak RSS increase MiB", "ratio", f"target < {TARGET:g}", "GPU max allocated MiB"], rows)
+    return f"""# Peak training memory against CSR + parameters + two batches
+
+Command (from the repository root, {record['runtime_seconds']:.0f} s, device {record['device']}):
+
+```
+{record['command']}
+```
+
+Each case in a fresh process; data: synthetic Zipf ratings (`aerec.data.synthetic`), binarized at > 3.5 for the
+implicit models. The peak increase is measured from after the data was built to the end of `fit`; the
+reference is CSR + parameters (float32) + two dense float32 batches of the model's input width. Adam (Mult-VAE,
+CDAE) keeps two moments per parameter and every model a gradient, so parameters alone take 3-4x their size
+while training; the ratio shows how much room that leaves.
+
+{table}
+{environment_lines(record['environment'], record['load_average_at_end'])}"""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", choices=tuple(CASES), help=argparse.SUPPRESS)
+    add_output_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.device)))
+        return 0
+    log = Progress()
+    record = {"command": command_line(), "environment": environment(), "device": args.device, "cases": []}
+    for name in args.cases:
+        case = run_case(name, args.device)
+        log(f"{name}: peak +{case['peak_increase_bytes'] / MIB:,.1f} MiB vs reference {case['reference_bytes'] / MIB:,.1f} MiB")
+        record["cases"].append(case)
+    record["runtime_seconds"] = log.elapsed()
+    record["load_average_at_end"] = list(os.getloadavg())
+    json_path, md_path = write_results(args.out, "memory_benchmark", record, markdown(record))
+    log(f"wrote {json_path} and {md_path}")
+    sys.stdout.write(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
