@@ -79,7 +79,7 @@ from aerec.core.layers import SparseInputLinear, init_linear_, make_activation
 from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
 from aerec.models.base import Recommender, check_positive
-from aerec.training import OPTIMIZERS, TrainConfig, train
+from aerec.training import OPTIMIZERS, PRECISIONS, TrainConfig, train
 
 ACTIVATIONS = ("sigmoid", "identity")
 LOSSES = ("logistic", "squared")
@@ -160,6 +160,9 @@ class CDAE(Recommender):
         Training settings (:class:`aerec.training.TrainConfig`); ``batch_size`` counts users.
     init : {"torch", "xavier"}
         Initialisation of the weights and biases (torch's ``nn.Linear`` default, or vae_cf's).
+    precision : {"fp32", "bf16"}
+        "bf16": train under bfloat16 autocast (the loss itself in float32); scores and the
+        fold-in of new users stay float32.
 
     Attributes
     ----------
@@ -173,7 +176,8 @@ class CDAE(Recommender):
                  negative_sampling: str | None = "proportional", negative_ratio: float = 5.0, n_negatives: int = 100,
                  fold_in: str = "fit", fold_in_steps: int = 50, fold_in_lr: float = 0.1, epochs: int = 100,
                  batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adam", seed: int = 0, device: str = "auto",
-                 patience: int | None = 10, validate_every: int = 1, init: str = "torch", progress: bool = False):
+                 patience: int | None = 10, validate_every: int = 1, init: str = "torch", progress: bool = False,
+                 precision: str = "fp32"):
         self.hidden_size = hidden_size
         self.corruption = corruption
         self.l2 = l2
@@ -196,6 +200,7 @@ class CDAE(Recommender):
         self.validate_every = validate_every
         self.init = init
         self.progress = progress
+        self.precision = precision
 
     # -- parameters ------------------------------------------------------------------
     def validate_params(self) -> None:
@@ -216,6 +221,8 @@ class CDAE(Recommender):
             raise ValueError(f"seed={self.seed!r}; expected an integer >= 0")
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress={self.progress!r}; expected True or False")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
         resolve_device(self.device)
 
     # -- training --------------------------------------------------------------------
@@ -228,7 +235,7 @@ class CDAE(Recommender):
                                self.hidden_activation, self.init).to(device)
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                              seed=self.seed, device=str(device), patience=self.patience if validate else None,
-                             validate_every=self.validate_every, progress=self.progress)
+                             validate_every=self.validate_every, progress=self.progress, precision=self.precision)
         self.history_ = train(self.module_, matrix, self._step_loss, config, validate=validate, maximize=True,
                               desc="CDAE")
         self.module_.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
@@ -243,7 +250,7 @@ class CDAE(Recommender):
             mask = None
         else:
             mask = observed | sample_negatives(observed, self.negative_counts(observed))
-        per_user = self.row_loss(logits, observed, mask)
+        per_user = self.row_loss(logits.float(), observed, mask)  # the loss in float32 under bf16 autocast
         penalty = l2_weight_decay(module.penalized(), self.l2)
         reconstruction = per_user.mean()
         return {"loss": reconstruction + penalty, "reconstruction": reconstruction.detach(),
