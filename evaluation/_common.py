@@ -44,6 +44,13 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the .json and .md results (default: %(default)s)")
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--seed`` and ``--out``, which the benchmark scripts share."""
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    add_output_args(parser)
+
+
 def command_line() -> str:
     """The command that is running, as one would type it from the repository root."""
     script = Path(sys.argv[0]).resolve()
@@ -96,6 +103,24 @@ def write_results(out_dir: Path, stem: str, record: dict, markdown: str) -> tupl
     json_path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def start_run(threads: int) -> tuple[Progress, dict]:
+    """Set torch's CPU threads; return the progress log and a record holding the command, environment, threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return Progress(), {"command": command_line(), "environment": environment(), "threads": threads}
+
+
+def finish_run(out_dir: Path, stem: str, record: dict, markdown, log: Progress) -> str:
+    """Stamp the run time and load, write ``<stem>.json`` / ``<stem>.md``, log where; return the markdown."""
+    record["runtime_seconds"] = log.elapsed()
+    record["load_average_at_end"] = list(os.getloadavg())
+    text = markdown(record)
+    json_path, md_path = write_results(out_dir, stem, record, text)
+    log(f"wrote {json_path} and {md_path}")
+    return text
 
 
 def _json_default(value):

@@ -19,7 +19,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import matplotlib
@@ -29,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results  # noqa: E402
+from _common import add_run_args, environment_lines, finish_run, markdown_table, start_run  # noqa: E402
 from aerec.data.synthetic import zipf_interactions  # noqa: E402
 from aerec.models.autorec import AutoRec  # noqa: E402
 
@@ -43,32 +42,24 @@ def seconds_per_iteration(kind: str, matrix, iterations: int, seed: int) -> floa
     return float(np.median(model.history_.column("seconds")[1:]))
 
 
+def measure_point(users: int, items: int, entries: int, args, log) -> dict:
+    """Seconds per iteration of each kind on one synthetic ratings matrix."""
+    matrix = zipf_interactions(users, items, entries, ratings=True, seed=args.seed).matrix
+    point = {"entries": entries, "users": users, "items": items}
+    for kind in args.kinds:
+        point[kind] = seconds_per_iteration(kind, matrix, args.iterations, args.seed)
+    log(f"  {entries:,} entries ({users:,} users x {items:,} items): "
+        + ", ".join(f"{KINDS[k]} {point[k]:.3f} s/it" for k in args.kinds))
+    return point
+
+
 def entries_series(args, log) -> list[dict]:
-    points = []
-    for entries in args.entries:
-        users = max(entries // args.per_user, 2)
-        matrix = zipf_interactions(users, args.items, entries, ratings=True, seed=args.seed).matrix
-        point = {"entries": entries, "users": users, "items": args.items}
-        for kind in args.kinds:
-            point[kind] = seconds_per_iteration(kind, matrix, args.iterations, args.seed)
-        log(f"  {entries:,} entries ({users:,} users x {args.items:,} items): "
-            + ", ".join(f"{KINDS[k]} {point[k]:.3f} s/it" for k in args.kinds))
-        points.append(point)
-    return points
+    return [measure_point(max(entries // args.per_user, 2), args.items, entries, args, log) for entries in args.entries]
 
 
 def catalogue_pair(args, log) -> list[dict]:
-    points = []
-    for items in (args.items, 10 * args.items):
-        users = max(args.catalogue_entries // args.per_user, 2)
-        matrix = zipf_interactions(users, items, args.catalogue_entries, ratings=True, seed=args.seed).matrix
-        point = {"entries": args.catalogue_entries, "users": users, "items": items}
-        for kind in args.kinds:
-            point[kind] = seconds_per_iteration(kind, matrix, args.iterations, args.seed)
-        log(f"  {items:,} items, {args.catalogue_entries:,} entries: "
-            + ", ".join(f"{KINDS[k]} {point[k]:.3f} s/it" for k in args.kinds))
-        points.append(point)
-    return points
+    users = max(args.catalogue_entries // args.per_user, 2)
+    return [measure_point(users, items, args.catalogue_entries, args, log) for items in (args.items, 10 * args.items)]
 
 
 def slope(points: list[dict], kind: str) -> float:
@@ -150,31 +141,23 @@ def parse_args(argv=None):
     parser.add_argument("--catalogue-entries", type=int, default=1_000_000, help="entries of the catalogue pair (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per point (default: %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=tuple(KINDS), default=list(KINDS))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_output_args(parser)
+    add_run_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    log = Progress()
-    record = {"command": command_line(), "environment": environment(), "threads": args.threads, "kinds": args.kinds,
-              "items": args.items, "per_user": args.per_user, "iterations": args.iterations}
+    log, record = start_run(args.threads)
+    record.update({"kinds": args.kinds, "items": args.items, "per_user": args.per_user, "iterations": args.iterations})
     log("fixed catalogue, growing entries")
     record["entries_series"] = entries_series(args, log)
     log("fixed entries, 10x catalogue")
     record["catalogue_pair"] = catalogue_pair(args, log)
     record["slopes"] = {k: slope(record["entries_series"], k) for k in args.kinds}
     record["catalogue_ratio"] = {k: record["catalogue_pair"][1][k] / record["catalogue_pair"][0][k] for k in args.kinds}
-    record["runtime_seconds"] = log.elapsed()
-    record["load_average_at_end"] = list(os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
     plot(record, args.out / "autorec_scaling.png")
-    json_path, md_path = write_results(args.out, "autorec_scaling", record, markdown(record))
-    log(f"wrote {json_path}, {md_path} and autorec_scaling.png")
-    sys.stdout.write(markdown(record))
+    sys.stdout.write(finish_run(args.out, "autorec_scaling", record, markdown, log))
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results
+from _common import add_output_args, environment_lines, finish_run, markdown_table, start_run
 
 CASES = {
     # name: (model, params, data kind, shape)
@@ -129,17 +129,13 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.device)))
         return 0
-    log = Progress()
-    record = {"command": command_line(), "environment": environment(), "device": args.device, "cases": []}
+    log, record = start_run(1)
+    record.update({"device": args.device, "cases": []})
     for name in args.cases:
         case = run_case(name, args.device)
         log(f"{name}: peak +{case['peak_increase_bytes'] / MIB:,.1f} MiB vs reference {case['reference_bytes'] / MIB:,.1f} MiB")
         record["cases"].append(case)
-    record["runtime_seconds"] = log.elapsed()
-    record["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "memory_benchmark", record, markdown(record))
-    log(f"wrote {json_path} and {md_path}")
-    sys.stdout.write(markdown(record))
+    sys.stdout.write(finish_run(args.out, "memory_benchmark", record, markdown, log))
     return 0
 
 

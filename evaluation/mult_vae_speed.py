@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results
+from _common import add_run_args, environment_lines, finish_run, markdown_table, start_run
 from aerec.data import binarize, load_movielens, strong_generalization
 from aerec.data.synthetic import zipf_interactions
 from aerec.models.mult_vae import MultVAE
@@ -236,21 +236,17 @@ def parse_args(argv=None):
                         help="cpu: ML-1M-shaped synthetic and ML-100K epochs (default); ml20m-gpu: also the 200-epoch GPU run")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of the GPU run (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_output_args(parser)
+    add_run_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    log, record = start_run(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    log = Progress()
-    record = {"command": command_line(), "environment": environment(), "device": str(device), "threads": args.threads,
-              "rounds": args.rounds, "cases": []}
+    record.update({"device": str(device), "rounds": args.rounds, "cases": []})
     cases = ["ml1m-synthetic", "ml100k"] if args.preset == "cpu" else ["ml1m-synthetic"]
     peak32, peak16 = matmul_peak(device, torch.float32), matmul_peak(device, torch.bfloat16)
     log(f"matmul peak: {peak32 / 1e9:.1f} GFLOP/s fp32, {peak16 / 1e9:.1f} GFLOP/s bf16")
@@ -268,12 +264,8 @@ def main(argv=None) -> int:
         matrix, validation, description = load_case("ml20m-synthetic", None, args.seed)
         log(f"GPU run: {description}")
         record["gpu"] = {"description": description, **gpu_run(matrix, validation, device, args.epochs, args.seed, log)}
-    record["runtime_seconds"] = log.elapsed()
-    record["load_average_at_end"] = list(os.getloadavg())
     stem = "mult_vae_speed" if args.preset == "cpu" else "mult_vae_speed_gpu"
-    json_path, md_path = write_results(args.out, stem, record, markdown(record))
-    log(f"wrote {json_path} and {md_path}")
-    sys.stdout.write(markdown(record))
+    sys.stdout.write(finish_run(args.out, stem, record, markdown, log))
     return 0
 
 

@@ -21,7 +21,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results
+from _common import add_run_args, environment_lines, finish_run, markdown_table, start_run
 from aerec.data import binarize, load_movielens
 from aerec.data.synthetic import zipf_interactions
 from aerec.models.als import quiet_implicit
@@ -137,7 +136,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="threads for implicit and torch (default: %(default)s)")
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3, help="ALS iterations (the factors' quality is not judged)")
     parser.add_argument("--memory-budget", type=int, default=DEFAULT_MEMORY_BUDGET, help="bytes of scores per aerec batch")
@@ -145,24 +143,17 @@ def parse_args(argv=None):
     parser.add_argument("--users", type=int, default=136_677, help="synthetic users (default: ML-20M's)")
     parser.add_argument("--items", type=int, default=20_108, help="synthetic items (default: ML-20M's)")
     parser.add_argument("--entries", type=int, default=10_000_000, help="synthetic interactions (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_output_args(parser)
+    add_run_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    log = Progress()
-    record = {"command": command_line(), "environment": environment(), "threads": args.threads, "repeats": args.repeats,
-              "factors": args.factors, "memory_budget": args.memory_budget, "cases": []}
+    log, record = start_run(args.threads)
+    record.update({"repeats": args.repeats, "factors": args.factors, "memory_budget": args.memory_budget, "cases": []})
     for name in args.cases:
         record["cases"].append(run_case(name, args, log))
-    record["runtime_seconds"] = log.elapsed()
-    record["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "topn_vs_implicit", record, markdown(record))
-    log(f"wrote {json_path} and {md_path}")
-    sys.stdout.write(markdown(record))
+    sys.stdout.write(finish_run(args.out, "topn_vs_implicit", record, markdown, log))
     return 0
 
 
