@@ -16,6 +16,7 @@ def matrix_with_empty_rows():
     keep[[3, 17]] = 0.0  # two rows without entries
     matrix = sp.csr_matrix(sp.diags(keep) @ matrix)
     matrix.eliminate_zeros()
+    matrix.sum_duplicates()  # canonical, as Interactions keeps it
     return matrix
 
 
@@ -60,6 +61,7 @@ def test_a_dense_source_and_a_non_canonical_csr():
 
 def test_on_the_host_the_scipy_arrays_are_used_without_a_copy():
     matrix = matrix_with_empty_rows()
+    assert matrix.has_canonical_format
     source = RowSource(matrix, CPU)
     assert source.on_device
     assert source.indices.data_ptr() == matrix.indices.ctypes.data
