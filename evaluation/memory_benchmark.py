@@ -2,7 +2,7 @@
 
 Each case runs in a fresh Python process (so peaks do not carry over): the data
 is built, the process's resident set size (RSS) is read, the model is fitted,
-and the peak RSS of the process (``ru_maxrss``) minus that baseline is the
+and the peak RSS of the process during ``fit`` (Linux's VmHWM, reset just before) minus that baseline is the
 training's peak increase (the same model is first fitted on 64 rows, so that
 loading kernels and library workspaces, a fixed cost, is in the baseline). On a GPU ``torch.cuda.max_memory_allocated`` is taken
 as well. The reference size is the training CSR (indptr + indices + values) +
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +46,21 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process to its current RSS (Linux)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: the highest RSS since the process started or since :func:`reset_peak_rss`."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(name: str, device: str) -> dict:
     """Runs inside the fresh process: build the data, fit, report sizes and peaks."""
     from aerec.data import binarize
@@ -61,8 +75,9 @@ def child(name: str, device: str) -> dict:
     make_model(model_name, device=device, **params).fit(matrix[:64])
     model = make_model(model_name, device=device, **params)
     baseline = rss_bytes()
+    reset_peak_rss()  # building the data may have peaked higher than training will
     model.fit(matrix)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     module = next(getattr(model, a) for a in ("module_", "net_") if hasattr(model, a))
     n_params = sum(p.numel() for p in module.parameters())
     batch_rows = getattr(model, "batch_size", None) or (matrix.shape[1] if params.get("kind") == "item" else matrix.shape[0])
