@@ -305,3 +305,20 @@ def test_bad_prediction_calls_are_named(small):
         model.score(small[:, :4])
     with pytest.raises(NotFittedError, match="not fitted yet"):
         AutoRec().predict([0], [0])
+
+
+def test_observed_products_values_and_gradients_equal_the_dense_product():
+    from aerec.models.autorec import ObservedProducts
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((6, 9)) < 0.4
+    mask[2] = False  # a row with no stored entries
+    rows, cols = np.nonzero(mask)
+    pattern = torch.sparse_csr_tensor(torch.from_numpy(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)),
+                                      torch.from_numpy(cols.astype(np.int64)), torch.ones(len(cols), dtype=torch.float64),
+                                      size=mask.shape)
+    codes = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    dense = (codes @ weight.T)[torch.from_numpy(rows), torch.from_numpy(cols)]
+    torch.testing.assert_close(ObservedProducts.apply(codes, weight, pattern), dense)
+    assert torch.autograd.gradcheck(lambda c, w: ObservedProducts.apply(c, w, pattern), (codes, weight))

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from aerec._torch import csr_to_sparse_tensor, resolve_device
 from aerec.core.layers import SparseInputLinear, weight_matrices
@@ -100,8 +101,43 @@ class AutoRecNet(nn.Module):
         codes = self.encode(x)
         if pattern.values().numel() == 0:
             return codes.new_zeros(0)
-        products = torch.sparse.sampled_addmm(pattern, codes, self.decoder.weight.t(), beta=0.0)
-        return products.values() + self.decoder.bias[pattern.col_indices()]
+        products = ObservedProducts.apply(codes, self.decoder.weight, pattern)
+        return products + self.decoder.bias[pattern.col_indices()]
+
+
+class ObservedProducts(torch.autograd.Function):
+    """``codes[r] . weight[c]`` for every stored entry (r, c) of a CSR ``pattern``, in CSR order.
+
+    The forward pass is torch's sampled dense x dense product; the backward pass gathers
+    with ``embedding_bag`` (``grad_codes[r] = sum_c g_rc weight[c]``, ``grad_weight[c] =
+    sum_r g_rc codes[r]``), so both directions cost time in proportion to the stored entries
+    times the code width. (torch's own backward of ``sampled_addmm`` multiplies densely:
+    rows x columns x width, which grew with the square of the data in the cost benchmark.)
+    """
+
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor, weight: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(codes, weight)
+        ctx.pattern = pattern
+        return torch.sparse.sampled_addmm(pattern, codes, weight.t(), beta=0.0).values()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        codes, weight = ctx.saved_tensors
+        pattern = ctx.pattern
+        crow, col = pattern.crow_indices(), pattern.col_indices()
+        grad = grad.contiguous()
+        grad_codes = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_codes = F.embedding_bag(col, weight.contiguous(), crow[:-1], mode="sum", per_sample_weights=grad)
+        if ctx.needs_input_grad[1]:
+            rows = torch.repeat_interleave(torch.arange(codes.shape[0], device=col.device), crow[1:] - crow[:-1],
+                                           output_size=col.numel())
+            order = torch.argsort(col, stable=True)
+            counts = torch.bincount(col, minlength=weight.shape[0])
+            grad_weight = F.embedding_bag(rows[order], codes.contiguous(), torch.cumsum(counts, 0) - counts, mode="sum",
+                                          per_sample_weights=grad[order])
+        return grad_codes, grad_weight, None
 
 
 def autorec_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights, l2: float) -> dict:
