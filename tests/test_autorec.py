@@ -316,7 +316,7 @@ def test_observed_products_values_and_gradients_equal_the_dense_product():
     rows, cols = np.nonzero(mask)
     pattern = torch.sparse_csr_tensor(torch.from_numpy(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)),
                                       torch.from_numpy(cols.astype(np.int64)), torch.ones(len(cols), dtype=torch.float64),
-                                      size=mask.shape)
+                                      size=mask.shape, check_invariants=True)
     codes = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     dense = (codes @ weight.T)[torch.from_numpy(rows), torch.from_numpy(cols)]
