@@ -307,6 +307,7 @@ def test_bad_prediction_calls_are_named(small):
         AutoRec().predict([0], [0])
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_observed_products_values_and_gradients_equal_the_dense_product():
     from aerec.models.autorec import ObservedProducts
 
