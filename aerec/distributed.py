@@ -1,8 +1,9 @@
 """Data-parallel training across processes with torch's DistributedDataParallel (DDP).
 
-Launch any training (for instance ``torchrun --nproc-per-node 4 -m aerec train ...``,
-or several nodes with torchrun's rendezvous options) and :func:`aerec.training.train`
-notices the initialised process group: every process (rank) keeps a copy of the
+Launch a script that calls :func:`init_from_environment` and then fits a model
+with ``torchrun --nproc-per-node 4 script.py`` (or over several nodes with
+torchrun's rendezvous options), and :func:`aerec.training.train` notices the
+initialised process group: every process (rank) keeps a copy of the
 model, the loop draws the same global batch order on every rank (same seed), and
 each rank encodes only its own share of each global batch (rows ``r, r + world,
 r + 2 world, ...`` of it). DDP averages the gradients across ranks during the
