@@ -18,7 +18,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -27,7 +26,7 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    write_results,
+    finish_run,
 )
 from aerec.data import load_movielens, random_holdout
 from aerec.data.readers import movielens_ratings_path
@@ -269,10 +268,7 @@ def main(argv=None) -> int:
         per_seed = [run_seed(dataset, data, seed, args, log) for seed in args.seeds]
         results["datasets"][dataset] = {"ratings_file": movielens_ratings_path(dataset), "per_seed": per_seed,
                                         "summary": aggregate(per_seed, args.kinds)}
-    results["runtime_seconds"] = log.elapsed()
-    results["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "autorec_ratings", results, markdown(results))
-    log(f"wrote {json_path} and {md_path}")
+    finish_run(args.out, "autorec_ratings", results, markdown, log)
     sys.stdout.write(results_table(results))
     return 0
 

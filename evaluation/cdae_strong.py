@@ -17,7 +17,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -26,7 +25,7 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    write_results,
+    finish_run,
 )
 from aerec.data import load_movielens, strong_generalization
 from aerec.data.datasets import STRONG_N_HELDOUT
@@ -252,10 +251,7 @@ def main(argv=None) -> int:
         summary = aggregate(per_seed)
         results["datasets"][dataset] = {"ratings_file": movielens_ratings_path(dataset), "per_seed": per_seed,
                                         "summary": summary, "verdicts": verdicts(dataset, summary)}
-    results["runtime_seconds"] = log.elapsed()
-    results["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "cdae_strong", results, markdown(results))
-    log(f"wrote {json_path} and {md_path}")
+    finish_run(args.out, "cdae_strong", results, markdown, log)
     sys.stdout.write(results_table(results))
     return 0
 

@@ -16,7 +16,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -25,7 +24,7 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    split_checks, write_results,
+    split_checks, finish_run,
 )
 from aerec._torch import resolve_device
 from aerec.data import StrongSplit, load_movielens, strong_generalization
@@ -236,10 +235,7 @@ def main(argv=None) -> int:
         per_seed = [{"dataset": dataset, **run_seed(dataset, data, seed, args, log)} for seed in args.seeds]
         results["datasets"][dataset] = {"ratings_file": movielens_ratings_path(dataset), "per_seed": per_seed,
                                         "summary": aggregate(per_seed, args.models)}
-    results["runtime_seconds"] = log.elapsed()
-    results["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "mult_vae_strong", results, markdown(results))
-    log(f"wrote {json_path} and {md_path}")
+    finish_run(args.out, "mult_vae_strong", results, markdown, log)
     sys.stdout.write(results_table(results))
     return 0
 

@@ -14,7 +14,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, write_results
+from _common import Progress, add_output_args, command_line, environment, environment_lines, markdown_table, finish_run
 from aerec._torch import csr_to_sparse_tensor
 from aerec.data import binarize, load_movielens
 from aerec.models import make_model
@@ -378,10 +377,7 @@ def main(argv=None) -> int:
         case = build_case(name, args)
         results["cases"].append(run_case(case, args, log))
         del case
-    results["runtime_seconds"] = log.elapsed()
-    results["load_average_at_end"] = list(os.getloadavg())
-    json_path, md_path = write_results(args.out, "ranking_benchmark", results, markdown(results))
-    log(f"wrote {json_path} and {md_path}")
+    finish_run(args.out, "ranking_benchmark", results, markdown, log)
     sys.stdout.write(results_table(results))
     return 0
 
