@@ -6,14 +6,19 @@ is minimised) and any other terms worth logging. The loop owns everything
 else: the device, row batches of the CSR (or dense array), the optimizer, the
 seed, per-epoch history, early stopping on a validation metric with the best
 weights restored, a progress bar on stderr, and a clear error on a NaN/inf
-loss. It reads top to bottom (nanoGPT's habit); checkpoints will hook in at
-the end of an epoch (``on_epoch_end``).
+loss, and checkpoints: with ``TrainConfig.checkpoint`` the whole training state
+(weights, optimizer state, RNG states, epoch and update counters, history, the
+best weights so far) is committed atomically every N epochs and at the end, and
+a run started again with ``resume`` continues from the last commit to the same
+result as an uninterrupted run (:mod:`aerec.checkpoint`). It reads top to bottom
+(nanoGPT's habit).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,12 +55,36 @@ class History:
     """Per-epoch records (loss terms, validation metric, seconds) and the early-stopping outcome."""
 
     epochs: list = field(default_factory=list)
+    updates: int = 0
     best_epoch: int | None = None
     best_validation: float | None = None
     stopped_early: bool = False
 
     def column(self, name: str) -> list:
         return [record.get(name) for record in self.epochs]
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often :func:`train` commits its whole state, and whether it resumes from there.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A directory (created when needed) for ``checkpoint.json`` and its tensor file.
+    every : int
+        Commit every this many epochs, and always after the last one (or an early stop).
+    resume : bool
+        Continue from the checkpoint in ``path`` when there is one (a fresh start when there is none).
+        A checkpoint written by a run with other settings or data is refused, never silently mixed in.
+    tag : dict
+        JSON-like values that must match for a resume (models put their class and hyper-parameters here).
+    """
+
+    path: str | os.PathLike
+    every: int = 1
+    resume: bool = False
+    tag: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,6 +116,8 @@ class TrainConfig:
         Permute the rows every epoch.
     progress : bool
         Show a tqdm bar on stderr.
+    checkpoint : Checkpointing, optional
+        Commit the training state every ``checkpoint.every`` epochs and resume from it (see :class:`Checkpointing`).
     loss_reduction : {"mean", "sum"}
         Whether ``step_loss`` is a mean over the batch's rows or a sum (AutoRec); it tells
         distributed training how to weight each process's share (:mod:`aerec.distributed`).
@@ -109,6 +140,7 @@ class TrainConfig:
     progress: bool = True
     precision: str = "fp32"
     loss_reduction: str = "mean"
+    checkpoint: Checkpointing | None = None
 
     def validate(self) -> None:
         for name in ("epochs", "validate_every"):
@@ -132,6 +164,10 @@ class TrainConfig:
         if self.weight_decay and self.optimizer in ("rprop", "climin_rprop", "lbfgs"):
             raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; "
                              "Rprop and L-BFGS take none: put the penalty in the loss")
+        if self.checkpoint is not None:
+            every = self.checkpoint.every
+            if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+                raise ValueError(f"checkpoint every={every!r}; expected an integer >= 1")
         resolve_device(self.device)
 
 
@@ -173,7 +209,14 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
     state, history = TrainingState(), History()
     best_weights, since_best = None, 0
-    bar = tqdm(range(config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False)
+    fingerprint = checkpoint_fingerprint(config, module, source, rows)
+    if config.checkpoint is not None and config.checkpoint.resume:
+        resumed = resume_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng)
+        if resumed is not None:
+            state, history, best_weights, since_best = resumed
+    start = len(history.epochs) if not history.stopped_early else config.epochs
+    bar = tqdm(range(start, config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False,
+               initial=start, total=config.epochs)
     for epoch in bar:
         state.epoch = epoch
         started = time.perf_counter()
@@ -192,14 +235,42 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "validation")})
         for callback in on_epoch_end:
             callback(state, module, optimizer, record)
-        if config.patience is not None and since_best >= config.patience:
-            history.stopped_early = True
+        history.updates = state.update
+        history.stopped_early = config.patience is not None and since_best >= config.patience
+        last = history.stopped_early or epoch + 1 == config.epochs
+        if config.checkpoint is not None and rank == 0 and (last or (epoch + 1) % config.checkpoint.every == 0):
+            from aerec.checkpoint import save_checkpoint
+
+            save_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng, state, history,
+                            best_weights, since_best)
+        if history.stopped_early:
             break
     bar.close()
     if best_weights is not None:
         module.load_state_dict(best_weights)
     module.eval()
     return history
+
+
+def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows) -> dict:
+    """What a checkpoint must agree on to be resumed: settings, data shape, parameter shapes, the caller's tag.
+
+    The epoch count, device and progress bar may change between the runs (training longer is a resume too).
+    """
+    settings = {name: getattr(config, name) for name in ("batch_size", "optimizer", "lr", "weight_decay", "seed",
+                                                         "patience", "validate_every", "shuffle", "precision",
+                                                         "loss_reduction")}
+    return {"settings": settings, "data": {"shape": list(source.shape), "nnz": source.nnz,
+                                           "rows": None if rows is None else int(len(rows))},
+            "parameters": {name: list(p.shape) for name, p in module.named_parameters()},
+            "tag": config.checkpoint.tag if config.checkpoint is not None else {}}
+
+
+def resume_checkpoint(path, fingerprint: dict, module, optimizer, rng):
+    """Load the checkpoint in ``path`` into the module, optimizer and RNGs; None when there is none yet."""
+    from aerec.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, fingerprint, module, optimizer, rng)
 
 
 def single_process(step_loss: StepLoss):

@@ -164,3 +164,13 @@ def test_beats_popularity_on_ml100k_heldout_users(ml100k_strong, name):
         return result.metrics["ndcg@100"]
 
     assert ndcg(make_model(name, **params)) > ndcg(make_model("popularity")) + 0.05
+
+
+def test_a_saved_model_loads_back_with_equal_scores(fitted, train, tmp_path):
+    import aerec
+
+    aerec.save(fitted, tmp_path / "model", metadata={"note": "contract"})
+    loaded = aerec.load(tmp_path / "model")
+    assert type(loaded) is type(fitted) and loaded.get_params() == fitted.get_params()
+    np.testing.assert_array_equal(loaded.score(train[:9]), fitted.score(train[:9]))
+    np.testing.assert_array_equal(loaded.recommend(train[:9], n=5)[0], fitted.recommend(train[:9], n=5)[0])

@@ -151,6 +151,7 @@ class RowSource:
             if matrix.ndim != 2:
                 raise ValueError(f"matrix has shape {matrix.shape}; expected a 2-D array or sparse matrix")
         self.shape = tuple(int(n) for n in matrix.shape)
+        self.nnz = int(matrix.nnz) if self.is_sparse else int(np.count_nonzero(matrix))
         self.placement = self.device if self.fits_on_device(matrix) else torch.device("cpu")
         if self.is_sparse:
             # on the host: zero-copy views of scipy's arrays (int32 indices stay int32 until a batch is cut)

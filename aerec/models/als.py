@@ -47,13 +47,31 @@ class ALS(Recommender):
         check_positive("alpha", self.alpha)
 
     def _fit(self, matrix, validation) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
-
-        self.model_ = quiet_implicit(lambda: AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations,
-            random_state=self.random_state, num_threads=self.num_threads))
+        self.model_ = self.new_implicit_model()
         with threadpool_limits(1, "blas"):
             self.model_.fit(matrix, show_progress=False)
+
+    def new_implicit_model(self):
+        """An unfitted implicit ``AlternatingLeastSquares`` with this model's hyper-parameters."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return quiet_implicit(lambda: AlternatingLeastSquares(
+            factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations,
+            random_state=self.random_state, num_threads=self.num_threads))
+
+    def fitted_state(self) -> dict:
+        """The factors in place of implicit's model object (a model file holds arrays only)."""
+        state = super().fitted_state()
+        implicit_model = state.pop("model_")
+        return {**state, "item_factors_": np.asarray(implicit_model.item_factors),
+                "user_factors_": np.asarray(implicit_model.user_factors)}
+
+    def restore_fitted_state(self, state: dict) -> None:
+        state = dict(state)
+        item_factors, user_factors = state.pop("item_factors_"), state.pop("user_factors_")
+        super().restore_fitted_state(state)
+        self.model_ = self.new_implicit_model()
+        self.model_.item_factors, self.model_.user_factors = item_factors, user_factors
 
     def user_factors(self, user_items) -> np.ndarray:
         """Fold in the given rows: their least-squares user factors against the fitted item factors."""

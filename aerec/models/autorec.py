@@ -356,7 +356,7 @@ class AutoRec(Recommender):
         resolve_device(self.device)
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, train, validation=None) -> "AutoRec":
+    def fit(self, train, validation=None, checkpoint=None) -> "AutoRec":
         """Learn from ``train`` (users x items ratings); returns ``self``.
 
         Parameters
@@ -366,13 +366,15 @@ class AutoRec(Recommender):
         validation : Interactions or scipy.sparse matrix, optional
             Held-out ratings of the same shape, none of them in ``train``: the iteration
             with the lowest RMSE on them (predicted from ``train`` only) is kept.
+        checkpoint : str, PathLike or Checkpointing, optional
+            Commit the training state there and resume from it (see :meth:`Recommender.fit`).
         """
         # every input is checked before the base class records anything on the model
         self.validate_params()
         ratings = _canonical(as_csr(train, "train"))
         self._check_ratings(ratings, "train")
         self._validation_matrix(validation, ratings)
-        return super().fit(train, validation)
+        return super().fit(train, validation, checkpoint)
 
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         ratings = _canonical(matrix)
@@ -384,15 +386,15 @@ class AutoRec(Recommender):
         self.user_seen_ = np.diff(ratings.indptr) > 0
         self.item_seen_ = np.bincount(ratings.indices, minlength=ratings.shape[1]) > 0
         self.input_rows_ = _canonical(ratings.T.tocsr()) if self.kind == "item" else ratings
-        n_rows, n_inputs = self.input_rows_.shape
-        generator = torch.Generator().manual_seed(int(self.seed))
-        self.net_ = AutoRecNet(n_inputs, int(self.hidden), generator).to(self.device_)
+        n_rows = self.input_rows_.shape[0]
+        self.net_ = self.new_module().to(self.device_)
 
         optimizer = self.optimizer
         config = TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=optimizer,
                              lr=float(self.lr if self.lr is not None else DEFAULT_LR[optimizer]), seed=int(self.seed),
                              device=str(self.device_), patience=self.patience if held_out is not None else None,
-                             shuffle=optimizer == "adam", progress=self.progress, loss_reduction="sum")
+                             shuffle=optimizer == "adam", progress=self.progress, loss_reduction="sum",
+                             checkpoint=self.training_checkpoint())
         l2 = float(self.l2)
 
         def step_loss(module, batch, state):
@@ -417,6 +419,11 @@ class AutoRec(Recommender):
             self.item_codes_ = self._encode_rows(self.net_, np.arange(n_rows))
         elif hasattr(self, "item_codes_"):
             del self.item_codes_  # from an earlier item-kind fit of this object
+
+    def new_module(self) -> AutoRecNet:
+        """The network for the fitted input width, initialised as the reference from ``seed``."""
+        generator = torch.Generator().manual_seed(int(self.seed))
+        return AutoRecNet(self.input_rows_.shape[1], int(self.hidden), generator)
 
     def _check_ratings(self, ratings: sp.csr_matrix, name: str) -> None:
         if self.rating_range is None or ratings.nnz == 0:

@@ -12,7 +12,9 @@ Modelled on implicit's ``RecommenderBase`` and scikit-learn's estimator habits:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,13 +31,19 @@ class NotFittedError(ValueError):
 class Recommender:
     """Base class: subclasses implement ``_fit(matrix, validation)`` and ``score_tensor``."""
 
-    def fit(self, train, validation=None) -> "Recommender":
+    def fit(self, train, validation=None, checkpoint=None) -> "Recommender":
         """Learn from ``train`` (users x items :class:`Interactions` or sparse matrix); returns ``self``.
 
         ``validation`` is an optional pair ``(fold_in, heldout)`` (or a
         :class:`~aerec.data.HoldoutSplit`-like object) that models with epochs
         use for early stopping; the baselines ignore it.
+
+        ``checkpoint`` (a directory, or a :class:`~aerec.training.Checkpointing`) makes models
+        trained by epochs commit their whole training state there and, when it already holds
+        a checkpoint of this same run (model, hyper-parameters, data shape), continue from it:
+        a directory alone means every epoch, with resume. Models fitted in one step ignore it.
         """
+        self._checkpoint = checkpoint
         self.validate_params()
         matrix = as_csr(train, "train")
         if matrix.nnz == 0:
@@ -44,6 +52,25 @@ class Recommender:
         self.item_ids_ = train.item_ids if isinstance(train, Interactions) else np.arange(matrix.shape[1])
         self._fit(matrix, validation)
         return self
+
+    def training_checkpoint(self):
+        """The ``fit(checkpoint=...)`` setting as a :class:`~aerec.training.Checkpointing` tagged with this model.
+
+        The tag (class and hyper-parameters, less ``epochs``, ``device`` and ``progress``) must match for a resume.
+        """
+        from aerec.checkpoint import normalised
+        from aerec.state import flatten
+        from aerec.training import Checkpointing
+
+        setting = getattr(self, "_checkpoint", None)
+        if setting is None:
+            return None
+        if isinstance(setting, (str, os.PathLike)):
+            setting = Checkpointing(setting, every=1, resume=True)
+        if not isinstance(setting, Checkpointing):
+            raise TypeError(f"checkpoint must be a directory path or aerec.training.Checkpointing, got {type(setting).__name__}")
+        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "device", "progress")}
+        return dataclasses.replace(setting, tag={"model": type(self).__name__, "params": normalised(flatten(params, {}))})
 
     def validate_params(self) -> None:
         """Raise a ValueError naming any hyper-parameter out of its range (called by ``fit``)."""
@@ -86,6 +113,23 @@ class Recommender:
             batch_rows = batch_rows_for_budget(self.n_items_, memory_budget)
         yield from stream_top_n(lambda index: self.score_tensor(rows[index[0]:index[-1] + 1]), rows if filter_already_liked_items else None,
                                 int(n), n_rows=rows.shape[0], batch_rows=batch_rows)
+
+    # -- model files (aerec.save / aerec.load) ------------------------------------
+    def fitted_state(self) -> dict:
+        """The fitted attributes (names ending in ``_``) a model file keeps; modules are saved as their weights.
+
+        Subclasses holding something that cannot be saved as it is (a third-party model
+        object) swap it for arrays here and rebuild it in :meth:`restore_fitted_state`.
+        """
+        return {name: value for name, value in vars(self).items() if name.endswith("_") and not name.startswith("_")}
+
+    def restore_fitted_state(self, state: dict) -> None:
+        """Set the fitted attributes read back from a model file (modules are rebuilt by :meth:`new_module`)."""
+        vars(self).update(state)
+
+    def new_module(self) -> torch.nn.Module:
+        """A freshly built network of the fitted shape, for a model file's weights to be loaded into."""
+        raise TypeError(f"{type(self).__name__} has no network to rebuild")
 
     # -- helpers for subclasses ------------------------------------------------
     def check_user_items(self, user_items) -> sp.csr_matrix:

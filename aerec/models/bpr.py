@@ -64,6 +64,10 @@ class BPR(Recommender):
             self.model_.fit(matrix, show_progress=False)
         self.item_factors_ = torch.from_numpy(np.asarray(self.model_.item_factors, dtype=np.float32))
 
+    def fitted_state(self) -> dict:
+        """Without implicit's model object: scoring reads ``item_factors_`` only."""
+        return {name: value for name, value in super().fitted_state().items() if name != "model_"}
+
     def user_factors(self, user_items) -> torch.Tensor:
         """Fold in the given rows: user vectors maximising BPR against the frozen item factors."""
         rows = self.check_user_items(user_items)

@@ -226,16 +226,21 @@ class CDAE(Recommender):
         resolve_device(self.device)
 
     # -- training --------------------------------------------------------------------
+    def new_module(self) -> CDAENet:
+        """The network for the fitted users and items, initialised from ``seed`` alone."""
+        torch.manual_seed(self.seed)
+        return CDAENet(self.n_train_users_, self.n_items_, self.hidden_size, self.corruption, self.hidden_activation,
+                       self.init)
+
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         device = resolve_device(self.device)
         validate = self.ranking_validation(validation)  # checks the validation rows before any training
         self.n_train_users_ = matrix.shape[0]
-        torch.manual_seed(self.seed)  # the initial weights depend on the seed only
-        self.module_ = CDAENet(matrix.shape[0], matrix.shape[1], self.hidden_size, self.corruption,
-                               self.hidden_activation, self.init).to(device)
+        self.module_ = self.new_module().to(device)
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                              seed=self.seed, device=str(device), patience=self.patience if validate else None,
-                             validate_every=self.validate_every, progress=self.progress, precision=self.precision)
+                             validate_every=self.validate_every, progress=self.progress, precision=self.precision,
+                             checkpoint=self.training_checkpoint())
         self.history_ = train(self.module_, matrix, self._step_loss, config, validate=validate, maximize=True,
                               desc="CDAE")
         self.module_.zero_grad(set_to_none=True)  # the last step's gradients are of no further use

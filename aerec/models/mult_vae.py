@@ -217,20 +217,20 @@ class _MultAutoencoder(Recommender):
         torch.manual_seed(self.seed)
         return self._net_class(n_items, self.hidden, self.latent, self.dropout)
 
+    def new_module(self) -> _MultNet:
+        return self.build_network(self.n_items_)
+
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         self.device_ = resolve_device(self.device)
         validate = self.ranking_validation(validation)  # checks the pair before any training
         self.module_ = self.build_network(matrix.shape[1])  # a re-fit starts from fresh weights
         config = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), optimizer="adam",
                              lr=float(self.lr), seed=int(self.seed), device=str(self.device_), patience=self.patience,
-                             shuffle=True, progress=self.progress, precision=self.precision)
-        self.n_updates_ = 0
-
-        def count_updates(state: TrainingState, module, optimizer, record) -> None:
-            self.n_updates_ = state.update
-
+                             shuffle=True, progress=self.progress, precision=self.precision,
+                             checkpoint=self.training_checkpoint())
         self.history_ = train(self.module_, matrix, self.step_loss, config, validate=validate, maximize=True,
-                              on_epoch_end=[count_updates], desc=type(self).__name__)
+                              desc=type(self).__name__)
+        self.n_updates_ = self.history_.updates
         self.best_epoch_ = self.history_.best_epoch if validate is not None else len(self.history_.epochs)
 
     def step_loss(self, module: _MultNet, batch: RowBatch, state: TrainingState,

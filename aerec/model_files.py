@@ -1,0 +1,128 @@
+"""Model files: a fitted model as a directory that :func:`load` rebuilds without the training script.
+
+The directory holds
+
+- ``config.json``: the format and its version, the aerec version that wrote it,
+  the model's registry name and class, its hyper-parameters, the training
+  summary (epochs, best epoch, validation metric), the item id map, any
+  ``metadata`` the caller adds (the CLI records the dataset, protocol and
+  seed), the shape of every tensor, and the checksum of
+- ``tensors-<sha256>.safetensors``: the weights and other arrays. safetensors
+  holds raw tensor bytes and cannot run code when read; aerec never unpickles
+  a model file.
+
+Saving is atomic (see :mod:`aerec.state`): a save killed half way leaves the
+previous model in the directory loadable. Loading refuses, with a
+:class:`~aerec.state.StateFileError` naming the problem:
+
+- a directory from another format version;
+- missing or damaged files;
+- tensors whose shapes do not match the model;
+- a tensor file that is a pickle or a ``torch.save`` archive (refused before it is parsed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from aerec import __version__
+from aerec._torch import resolve_device
+from aerec.state import ModuleWeights, StateFileError, read_state, write_state
+from aerec.training import History
+
+KIND = "config"
+FORMAT, FORMAT_VERSION = "aerec-model", 1
+SAVED_CLASSES = {"History": History}
+
+
+def save(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write the fitted ``model`` to the directory ``path`` (created if needed) and return the path.
+
+    ``metadata`` is any JSON-like dict kept in ``config.json`` under ``"metadata"``.
+    A directory holding something other than an aerec model is refused rather than mixed into.
+    """
+    from aerec.models import MODELS
+
+    name = registry_name(type(model), MODELS)
+    model.check_fitted()
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; expected a directory for the model (or a path that does not exist yet)")
+    if path.is_dir() and any(path.iterdir()) and not (path / f"{KIND}.json").is_file():
+        raise ValueError(f"{path} is a non-empty directory without {KIND}.json; refusing to write a model into it")
+    history = getattr(model, "history_", None)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "aerec_version": __version__, "model": name,
+              "class": type(model).__name__, "n_items": int(model.n_items_),
+              "training": training_summary(history), "metadata": metadata or {}}
+    state = {"params": model.get_params(), "fitted": model.fitted_state()}
+    write_state(path, KIND, header, state)
+    return path
+
+
+def load(path: str | os.PathLike, device: str | None = None):
+    """Rebuild the model saved in directory ``path``; ``device`` ("cpu", "cuda", "auto") overrides the saved one."""
+    from aerec.models import MODELS, make_model
+
+    document, state = read_state(path, KIND, {"format": FORMAT, "format_version": FORMAT_VERSION}, SAVED_CLASSES)
+    name = document.get("model")
+    if name not in MODELS or document.get("class") != getattr(MODELS.get(name), "__name__", None):
+        raise StateFileError(f"{path} holds model {name!r} (class {document.get('class')!r}); this aerec knows "
+                             f"{sorted(MODELS)}")
+    if not isinstance(state, dict) or not isinstance(state.get("params"), dict) or not isinstance(state.get("fitted"), dict):
+        raise StateFileError(f"{path}/{KIND}.json is damaged: expected 'params' and 'fitted' in its state")
+    params = dict(state["params"])
+    if device is not None and "device" in params:
+        params["device"] = device
+    try:
+        model = make_model(name, **params)
+    except (ValueError, TypeError) as exc:
+        raise StateFileError(f"{path} holds hyper-parameters this aerec refuses: {exc}") from exc
+    restore(model, state["fitted"], device, where=str(path))
+    return model
+
+
+def restore(model, fitted: dict, device: str | None, where: str) -> None:
+    """Set the fitted attributes on ``model``: plain values first, then each module rebuilt and loaded."""
+    modules = {name: value for name, value in fitted.items() if isinstance(value, ModuleWeights)}
+    plain = {name: value for name, value in fitted.items() if name not in modules}
+    bad = [name for name in fitted if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_"))]
+    if bad:
+        raise StateFileError(f"{where} holds fitted attribute {bad[0]!r}; expected names ending in '_'")
+    if "n_items_" not in plain:
+        raise StateFileError(f"{where} holds no fitted n_items_; expected a fitted model")
+    if "device_" in plain:
+        plain["device_"] = resolve_device(device or getattr(model, "device", "auto"))
+    try:
+        model.restore_fitted_state(plain)
+        for name, weights in modules.items():
+            with torch.random.fork_rng(devices=[]):  # building a module seeds torch; the caller's stream stays
+                module = model.new_module()
+            module.load_state_dict(weights.state_dict, strict=True)
+            setattr(model, name, module.to(getattr(model, "device_", "cpu")).eval())
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise StateFileError(f"{where} does not match a {type(model).__name__} with its saved hyper-parameters: "
+                             f"{' '.join(str(exc).split())[:500]}") from exc
+    for name, value in plain.items():
+        if isinstance(value, torch.Tensor) and hasattr(model, "device_"):
+            setattr(model, name, value.to(model.device_))
+
+
+def registry_name(cls: type, models: dict) -> str:
+    for name, registered in models.items():
+        if registered is cls:
+            return name
+    raise ValueError(f"{cls.__name__} is not a registered aerec model; expected one of {sorted(models)}")
+
+
+def training_summary(history: History | None) -> dict:
+    """What ``config.json`` says about training at a glance (the full history is in its state)."""
+    if history is None:
+        return {}
+    losses = history.column("loss")
+    return {"epochs_run": len(history.epochs), "best_epoch": history.best_epoch,
+            "best_validation": history.best_validation, "stopped_early": history.stopped_early,
+            "final_loss": losses[-1] if losses else None,
+            "seconds": sum(record.get("seconds", 0.0) for record in history.epochs)}

@@ -1,0 +1,342 @@
+"""Saved state on disk: what model files and training checkpoints are made of.
+
+A state is a nested Python value (dicts, lists, tuples, numbers, strings,
+tensors, numpy arrays, scipy CSR matrices, ``nn.Module`` weights and a few
+allow-listed dataclasses). :func:`flatten` splits it into
+
+- a flat ``{name: tensor}`` dict, written with safetensors, a format that
+  holds raw tensor bytes and cannot run code when it is read, and
+- a JSON *skeleton* with the rest, each tensor replaced by a reference
+  ``{"__tensor__": name}``.
+
+:func:`write_state` commits both to a directory atomically. The tensors go to a
+file named by their content, ``tensors-<sha256>.safetensors``, written under a
+temporary name and renamed. Then ``<kind>.json`` (skeleton, header, and the
+tensor file's name, size and sha256) is written the same way. The rename of
+that JSON file is the single commit point: a process killed at any moment leaves
+either the previous state or the new one, never a mix. Files that no state
+refers to any more are removed after the commit.
+
+:func:`read_state` checks everything before it builds anything:
+
+- the header's format and version;
+- the tensor file's size and sha256;
+- that the tensor file is not a pickle or a ``torch.save`` archive (refused by
+  its first bytes, before any parsing);
+- safetensors' own header.
+
+Problems are a :class:`StateFileError` (a ``ValueError``) naming the file and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+TENSOR, ARRAY, LIST_ARRAY, TUPLE, ITEMS, CSR, MODULE, DEVICE, DATACLASS = (
+    "__tensor__", "__ndarray__", "__array__", "__tuple__", "__items__", "__csr__", "__module__", "__device__",
+    "__dataclass__")
+MARKERS = (TENSOR, ARRAY, LIST_ARRAY, TUPLE, ITEMS, CSR, MODULE, DEVICE, DATACLASS)
+PICKLE_MAGIC = b"\x80"  # pickle protocols 2-5 start with PROTO (0x80) and the protocol number
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive (a zip holding a pickle)
+MAX_JSON_BYTES = 512 * 2**20
+
+
+class StateFileError(ValueError):
+    """A saved state that is missing, damaged, from another format version, or unsafe to read."""
+
+
+@dataclasses.dataclass
+class ModuleWeights:
+    """An ``nn.Module``'s state dict as read back: the owner rebuilds the module and loads it."""
+
+    state_dict: dict
+
+
+# -- flatten / unflatten -------------------------------------------------------------------------
+def flatten(value, tensors: dict, name: str = "state"):
+    """The JSON skeleton of ``value``; its tensors are added to ``tensors`` under dotted names."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return {TENSOR: _add_tensor(tensors, name, value)}
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biuf":
+            return {ARRAY: _add_tensor(tensors, name, torch.from_numpy(np.ascontiguousarray(value)))}
+        return {LIST_ARRAY: value.tolist(), "dtype": "str" if value.dtype.kind == "U" else "object"}
+    if sp.issparse(value):
+        csr = sp.csr_matrix(value)
+        return {CSR: {"shape": list(csr.shape), **{part: flatten(getattr(csr, part), tensors, f"{name}.{part}")
+                                                   for part in ("indptr", "indices", "data")}}}
+    if isinstance(value, torch.nn.Module):
+        return {MODULE: flatten(value.state_dict(), tensors, name)}
+    if isinstance(value, torch.device):
+        return {DEVICE: str(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {field.name: flatten(getattr(value, field.name), tensors, f"{name}.{field.name}")
+                  for field in dataclasses.fields(value)}
+        return {DATACLASS: type(value).__name__, "fields": fields}
+    if isinstance(value, tuple):
+        return {TUPLE: [flatten(item, tensors, f"{name}.{i}") for i, item in enumerate(value)]}
+    if isinstance(value, list):
+        return [flatten(item, tensors, f"{name}.{i}") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and key not in MARKERS for key in value):
+            return {key: flatten(item, tensors, f"{name}.{key}") for key, item in value.items()}
+        return {ITEMS: [[flatten(key, tensors, f"{name}.key{i}"), flatten(item, tensors, f"{name}.{i}")]
+                        for i, (key, item) in enumerate(value.items())]}
+    raise TypeError(f"cannot save {name} of type {type(value).__name__}; expected tensors, arrays, numbers, "
+                    "strings or containers of them")
+
+
+def _add_tensor(tensors: dict, name: str, tensor: torch.Tensor) -> str:
+    if name in tensors:
+        raise ValueError(f"two values would be saved under the name {name!r}")
+    tensor = tensor.detach().to("cpu")
+    # safetensors stores each tensor once: views and tied weights (one tensor under two names) are copied apart
+    tensors[name] = tensor.clone(memory_format=torch.contiguous_format)
+    return name
+
+
+def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], where: str = "state"):
+    """Rebuild what :func:`flatten` took apart; unknown markers, tensors or dataclasses are a StateFileError."""
+    if isinstance(skeleton, list):
+        return [unflatten(item, tensors, dataclasses_allowed, where) for item in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    rebuild = lambda item: unflatten(item, tensors, dataclasses_allowed, where)  # noqa: E731
+    if TENSOR in skeleton:
+        return _tensor(tensors, skeleton[TENSOR], where)
+    if ARRAY in skeleton:
+        return _tensor(tensors, skeleton[ARRAY], where).numpy()
+    if LIST_ARRAY in skeleton:
+        return np.asarray(skeleton[LIST_ARRAY], dtype=str if skeleton.get("dtype") == "str" else object)
+    if TUPLE in skeleton:
+        return tuple(rebuild(item) for item in _list(skeleton[TUPLE], where))
+    if ITEMS in skeleton:
+        return {_hashable(rebuild(key), where): rebuild(item) for key, item in _pairs(skeleton[ITEMS], where)}
+    if CSR in skeleton:
+        return _csr(rebuild(skeleton[CSR]), where)
+    if MODULE in skeleton:
+        return ModuleWeights(rebuild(skeleton[MODULE]))
+    if DEVICE in skeleton:
+        return torch.device(str(skeleton[DEVICE]))
+    if DATACLASS in skeleton:
+        cls = dataclasses_allowed.get(skeleton[DATACLASS])
+        if cls is None:
+            raise StateFileError(f"{where} holds a {skeleton[DATACLASS]!r} object; expected one of {sorted(dataclasses_allowed)}")
+        fields = rebuild(skeleton.get("fields", {}))
+        try:
+            return cls(**fields)
+        except TypeError as exc:
+            raise StateFileError(f"{where}: the saved {cls.__name__} does not match this aerec's: {exc}") from exc
+    return {key: rebuild(item) for key, item in skeleton.items()}
+
+
+def _tensor(tensors: dict, name, where: str) -> torch.Tensor:
+    if not isinstance(name, str) or name not in tensors:
+        raise StateFileError(f"{where} refers to tensor {name!r}, which its tensor file does not hold")
+    return tensors[name]
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise StateFileError(f"{where} is damaged: expected a list, found {type(value).__name__}")
+    return value
+
+
+def _pairs(value, where: str) -> list:
+    pairs = _list(value, where)
+    if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+        raise StateFileError(f"{where} is damaged: expected [key, value] pairs")
+    return pairs
+
+
+def _hashable(key, where: str):
+    try:
+        hash(key)
+    except TypeError as exc:
+        raise StateFileError(f"{where} is damaged: a dict key of type {type(key).__name__}") from exc
+    return key
+
+
+def _csr(parts, where: str) -> sp.csr_matrix:
+    try:
+        shape = tuple(int(n) for n in parts["shape"])
+        matrix = sp.csr_matrix((parts["data"], parts["indices"], parts["indptr"]), shape=shape)
+        matrix.check_format(full_check=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateFileError(f"{where} holds a damaged sparse matrix: {exc}") from exc
+    return matrix
+
+
+# -- the directory ---------------------------------------------------------------------------------
+def write_state(directory: str | os.PathLike, kind: str, header: dict, state) -> Path:
+    """Commit ``state`` (see the module docstring) to ``directory/<kind>.json`` and its tensor file, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict = {}
+    skeleton = flatten(state, tensors)
+    tensor_file = _write_tensor_file(directory, tensors)
+    document = {**header, "tensors": {"file": tensor_file.name, "bytes": tensor_file.stat().st_size,
+                                      "sha256": tensor_file.name.split("-", 1)[1].split(".")[0]},
+                "shapes": {name: list(t.shape) for name, t in tensors.items()}, "state": skeleton}
+    atomic_write_bytes(directory / f"{kind}.json", json.dumps(document, indent=1).encode())
+    _remove_unreferenced(directory, keep=tensor_file.name)
+    return directory / f"{kind}.json"
+
+
+def _write_tensor_file(directory: Path, tensors: dict) -> Path:
+    from safetensors.torch import save_file
+
+    handle, temporary = tempfile.mkstemp(prefix=".tensors-", suffix=".tmp", dir=directory)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary)
+        digest = sha256_of_file(Path(temporary))
+        final = directory / f"tensors-{digest}.safetensors"
+        _fsync(temporary)
+        os.replace(temporary, final)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    return final
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _remove_unreferenced(directory: Path, keep: str) -> None:
+    """Drop tensor files of earlier commits and temporary files that a killed writer left behind."""
+    for path in directory.iterdir():
+        stale_tensors = path.name.startswith("tensors-") and path.name.endswith(".safetensors") and path.name != keep
+        if stale_tensors or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+
+
+def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int],
+               dataclasses_allowed: dict[str, type]) -> tuple[dict, object]:
+    """The header and the rebuilt state of ``directory/<kind>.json``, after every check (module docstring).
+
+    ``versions`` maps header keys to the value this aerec reads (e.g. ``{"format": ..., "format_version": 1}``).
+    """
+    directory = Path(directory)
+    document_path = directory / f"{kind}.json"
+    if not directory.is_dir():
+        raise StateFileError(f"{directory} is not a directory; expected a folder holding {kind}.json")
+    if not document_path.is_file():
+        raise StateFileError(f"{directory} holds no {kind}.json; expected a folder written by aerec")
+    document = read_json(document_path)
+    for key, expected in versions.items():
+        if document.get(key) != expected:
+            raise StateFileError(f"{document_path} has {key}={document.get(key)!r}; this aerec reads {key}={expected!r} "
+                                 f"(written by aerec {document.get('aerec_version', 'unknown')})")
+    tensors = read_tensor_file(directory, document.get("tensors"), document_path)
+    shapes = document.get("shapes", {})
+    for name, tensor in tensors.items():
+        if shapes.get(name) != list(tensor.shape):
+            raise StateFileError(f"{document_path} expects tensor {name!r} of shape {shapes.get(name)}; "
+                                 f"the tensor file holds {list(tensor.shape)}")
+    return document, unflatten(document.get("state"), tensors, dataclasses_allowed, where=str(document_path))
+
+
+def read_json(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise StateFileError(f"{path} is {size} bytes; expected at most {MAX_JSON_BYTES}")
+    try:
+        document = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise StateFileError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise StateFileError(f"{path} holds a JSON {type(document).__name__}; expected an object")
+    return document
+
+
+def read_tensor_file(directory: Path, entry, document_path: Path) -> dict:
+    """The tensors of the file ``entry`` names, after the size, checksum and layout checks."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise StateFileError(f"{document_path} names no tensor file; expected a 'tensors' entry with a 'file'")
+    path = directory / entry["file"]
+    if Path(entry["file"]).name != entry["file"] or not path.is_file():
+        raise StateFileError(f"{document_path} names tensor file {entry['file']!r}, which is not in {directory}")
+    size = path.stat().st_size
+    if size != entry.get("bytes") or sha256_of_file(path) != entry.get("sha256"):
+        raise StateFileError(f"{path} is {size} bytes with another checksum than {document_path} records "
+                             f"({entry.get('bytes')} bytes, sha256 {entry.get('sha256')}): damaged or replaced")
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    if not looks_like_safetensors(start, size):
+        raise StateFileError(f"{path} is {what_file_is(start)}, not a safetensors file; aerec reads only safetensors "
+                             "(which cannot run code) and refused it without reading further")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StateFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def looks_like_safetensors(start: bytes, size: int) -> bool:
+    """safetensors' layout: an 8-byte little-endian header length, then the JSON header ("{")."""
+    return len(start) == 9 and start[8:9] == b"{" and 8 + int.from_bytes(start[:8], "little") <= size
+
+
+def what_file_is(start: bytes) -> str:
+    """A name for a file that is not safetensors, from its first bytes (it is never parsed further)."""
+    if start[:4] == ZIP_MAGIC:
+        return "a torch.save archive (a zip holding a pickle, which can run code when loaded)"
+    if start[:1] == PICKLE_MAGIC and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (which can run code when loaded)"
+    return "an unknown format" if start else "empty"
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
