@@ -36,6 +36,7 @@ from aerec.training import History
 KIND = "config"
 FORMAT, FORMAT_VERSION = "aerec-model", 1
 SAVED_CLASSES = {"History": History}
+AEREC_ENTRIES = (f"{KIND}.json", "checkpoint")  # besides tensor files: what a model directory may already hold
 
 
 def save(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -51,8 +52,11 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; expected a directory for the model (or a path that does not exist yet)")
-    if path.is_dir() and any(path.iterdir()) and not (path / f"{KIND}.json").is_file():
-        raise ValueError(f"{path} is a non-empty directory without {KIND}.json; refusing to write a model into it")
+    foreign = [entry.name for entry in path.iterdir() if entry.name not in AEREC_ENTRIES and not entry.name.startswith(
+        (".", "tensors-"))] if path.is_dir() else []
+    if foreign:
+        raise ValueError(f"{path} holds files that are not an aerec model ({', '.join(sorted(foreign)[:3])}); "
+                         "refusing to write a model into it")
     history = getattr(model, "history_", None)
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "aerec_version": __version__, "model": name,
               "class": type(model).__name__, "n_items": int(model.n_items_),

@@ -67,9 +67,11 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, message):
 
 def test_argument_errors_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as caught:
-        main(["evaluate", "--model", "nomodel"])
+        main(["train", "--model", "nomodel", "--out", "x"])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'nomodel'" in err
+    code, out, err = run(capsys, "evaluate", "--model", "nomodel")
+    assert code == 2 and "--model 'nomodel' is neither a model name" in err and len(err.strip().splitlines()) == 1
 
 
 def test_checksum_mismatch_exits_2(capsys, tmp_path, data_dir):

@@ -138,7 +138,7 @@ def test_missing_and_truncated_files_are_refused(saved, tmp_path):
 def test_save_refuses_a_folder_that_holds_something_else(tmp_path, data):
     model = make_model("popularity").fit(data)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="non-empty directory without config.json"):
+    with pytest.raises(ValueError, match="holds files that are not an aerec model"):
         aerec.save(model, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="not fitted"):

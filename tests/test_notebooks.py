@@ -11,6 +11,9 @@ from tests.conftest import REPO
 NOTEBOOKS = {
     "autoencoder_core.ipynb": ["autoencoder_core_embedding.png", "autoencoder_core_denoising.png",
                                "autoencoder_core_anomalies.png"],
+    "quickstart.ipynb": ["quickstart_training.png", "quickstart_metrics.png"],
+    "embeddings.ipynb": ["embeddings_map.png"],
+    "autorec_ratings.ipynb": ["autorec_ratings_rmse.png", "autorec_ratings_by_activity.png"],
 }
 
 

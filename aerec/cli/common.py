@@ -1,0 +1,180 @@
+"""What the commands share: the parser class, dataset arguments and loading, splits, parameters, output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aerec.data import (
+    DATASETS,
+    Interactions,
+    load_movielens,
+    per_user_holdout,
+    random_holdout,
+    read_csv,
+    read_parquet,
+    strong_generalization,
+)
+from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
+
+PROTOCOLS = ("strong", "per-user", "ratings")
+DEFAULT_SEED = 98765
+
+
+class CliError(ValueError):
+    """A problem with the command's input: exit code 2 and one line on stderr."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+def add_dataset_arguments(parser, defaults_from_model: bool = False) -> None:
+    """``--dataset --data-dir --protocol --seed --n-heldout``; with ``defaults_from_model`` they default to the model's."""
+    recorded = " (default: the one recorded in the model directory)" if defaults_from_model else ""
+    parser.add_argument("--dataset", default=None if defaults_from_model else DEFAULT_DATASET,
+                        help=f"a known dataset ({', '.join(DATASETS)}) or a path to a ratings file "
+                             "(MovieLens formats, or CSV/Parquet with user,item[,rating][,timestamp] columns); "
+                             f"default {DEFAULT_DATASET}, shipped with aerec" + recorded)
+    parser.add_argument("--data-dir", help="parent folder of the dataset folders (default: $AEREC_DATA_DIR)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None if defaults_from_model else "strong",
+                        help="strong: ratings > 3.5 kept (data without ratings kept as it is), held-out users with "
+                             "80/20 fold-in (Liang et al. 2018); per-user: 20%% of each user's items held out; "
+                             "ratings: random 90/10 split of the ratings (AutoRec)" + recorded)
+    parser.add_argument("--seed", type=int, default=None if defaults_from_model else DEFAULT_SEED,
+                        help=f"split seed (default {DEFAULT_SEED}, vae_cf's)" + recorded)
+    parser.add_argument("--n-heldout", type=int,
+                        help="strong protocol: validation and test users each (default: 100 for ml-100k, "
+                             "60 for ml-latest-small, 10000 for ml-20m, else 10%% of users)" + recorded)
+
+
+def parse_params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param {pair!r}; expected KEY=VALUE")
+        params[key] = parse_value(raw)
+    return params
+
+
+def parse_value(raw: str):
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def check_positive_int(flag: str, value) -> None:
+    if value is not None and value < 1:
+        raise CliError(f"{flag} {value}; expected an integer >= 1")
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_dataset(name_or_path: str, data_dir, flag: str = "--dataset") -> Interactions:
+    """A known dataset by name, a MovieLens folder or ratings file, or a generic CSV / Parquet file."""
+    path = Path(name_or_path)
+    if name_or_path in DATASETS or path.is_dir() or path.name in ("u.data", "ratings.dat", "ratings.csv"):
+        return load_movielens(name_or_path, data_dir=data_dir)
+    if not path.is_file():
+        raise CliError(f"{flag} {name_or_path!r} is neither a known dataset ({', '.join(DATASETS)}) nor a file")
+    return read_table(path, flag)
+
+
+def read_table(path: Path, flag: str) -> Interactions:
+    """A generic CSV / Parquet file with user and item columns (rating and timestamp when present)."""
+    reader = read_parquet if path.suffix == ".parquet" else read_csv
+    return reader(path, **reader_columns(path, flag))
+
+
+def reader_columns(path: Path, flag: str) -> dict:
+    """Column roles of a generic file, from its header only: user and item required, rating and timestamp when present."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet
+
+            header = pyarrow.parquet.read_schema(path).names
+        else:
+            import pandas as pd
+
+            header = list(pd.read_csv(path, nrows=0).columns)
+    except ImportError as exc:
+        raise CliError("reading Parquet needs pyarrow: pip install 'aerec[parquet]'") from exc
+    except Exception as exc:  # any unreadable header is the user's file, reported in one line
+        raise CliError(f"{flag} {path}: cannot read its header: {exc}") from exc
+    missing = [name for name in ("user", "item") if name not in header]
+    if missing:
+        raise CliError(f"{flag} {path} has columns {header}; expected user and item (and optionally rating, timestamp)")
+    return {"rating": "rating" if "rating" in header else None, "timestamp": "timestamp" if "timestamp" in header else None}
+
+
+@dataclass
+class Split:
+    """One protocol's parts: what a model trains on, validates on, and is tested on."""
+
+    protocol: str
+    seed: int
+    n_heldout: int | None
+    train: Interactions
+    validation: object  # (fold_in, heldout) for ranking protocols, a ratings matrix for "ratings", or None
+    test: tuple  # (fold_in, heldout) matrices for ranking protocols; (test ratings,) for "ratings"
+    summary: dict
+
+
+def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | None, dataset: str) -> Split:
+    """The seeded split of ``protocol`` (see ``--protocol``); the same arguments give the same split."""
+    if protocol == "strong":
+        n_heldout = n_heldout or STRONG_N_HELDOUT.get(str(dataset), max(1, data.n_users // 10))
+        implicit = bool(np.all(data.matrix.data == 1.0))  # no ratings to binarize (e.g. a file without a rating column)
+        split = strong_generalization(data, n_heldout=n_heldout, seed=seed, threshold=None if implicit else 3.5)
+        return Split(protocol, seed, n_heldout, split.train, (split.validation_fold_in, split.validation_heldout),
+                     (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary())
+    if protocol == "per-user":
+        split = per_user_holdout(data, test_fraction=0.2, seed=seed)
+        return Split(protocol, seed, None, split.train, None, (split.train.matrix, split.test.matrix), split.summary())
+    # 10% of the training ratings pick the iteration of models with epochs (AutoRec's protocol)
+    split = random_holdout(data, test_fraction=0.1, validation_fraction=0.1, seed=seed)
+    return Split(protocol, seed, None, split.train, split.validation, (split.test.matrix,), split.summary())
+
+
+# -- output ---------------------------------------------------------------------------------------
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; renamed onto it only when the block succeeds (else removed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"--output {path} is a directory; expected a file name")
+    if not path.parent.is_dir():
+        raise CliError(f"--output {path}: folder {path.parent} does not exist")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def format_metrics(title: str, metrics: dict) -> list[str]:
+    width = max(len(name) for name in metrics)
+    return [title] + [f"  {name:<{width}}  {value:.4f}" for name, value in metrics.items()]

@@ -1,0 +1,122 @@
+"""``aerec recommend``: top-n for every user of an interactions file, streamed to CSV or Parquet.
+
+Every user of the input is folded in from their rows (users the model never saw
+included), their known items are excluded, and the results are written batch by
+batch (a bounded block of scores at a time), so millions of users fit in memory.
+The output appears under its name only when it is complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from aerec.cli.common import CliError, atomic_output, check_positive_int, load_dataset, progress
+from aerec.ranking import DEFAULT_MEMORY_BUDGET
+
+OUTPUT_FORMATS = (".csv", ".parquet")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "recommend", help="top-n items for every user of an interactions file, written to CSV or Parquet",
+        description="Fold in every user of --input (CSV or Parquet with user and item columns, and rating for "
+                    "rating models) into a saved model, exclude the items they already have, and write the top "
+                    "--n as rows user,item,rank,score to --output (.csv or .parquet), streaming in batches. Items "
+                    "the model does not know are ignored (their count is reported on stderr).")
+    parser.add_argument("--model", required=True, help="a model directory written by aerec train (or aerec.save)")
+    parser.add_argument("--input", required=True,
+                        help="the users' interactions: CSV or Parquet with user,item[,rating] columns, or a MovieLens "
+                             "ratings file (u.data, ratings.dat, ratings.csv)")
+    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument("--output", required=True, help="recs.csv or recs.parquet (written when complete)")
+    parser.add_argument("--include-seen", action="store_true", help="do not exclude the items a user already has")
+    parser.add_argument("--memory-mib", type=int, default=DEFAULT_MEMORY_BUDGET // 2**20,
+                        help=f"memory for one batch of scores, in MiB (default {DEFAULT_MEMORY_BUDGET // 2**20})")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: the saved model's device setting)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import aerec
+
+    check_positive_int("--n", args.n)
+    check_positive_int("--memory-mib", args.memory_mib)
+    output = Path(args.output)
+    if output.suffix not in OUTPUT_FORMATS:
+        raise CliError(f"--output {output}: expected a name ending in {' or '.join(OUTPUT_FORMATS)}")
+    if not Path(args.model).is_dir():
+        raise CliError(f"--model {args.model} is not a directory; expected one written by aerec train")
+    model = aerec.load(args.model, device=args.device)
+    if args.n > model.n_items_:
+        raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
+    users = load_dataset(args.input, None, "--input")
+    rows, unknown = rows_in_catalogue(users, model.item_ids_)
+    progress(f"{users.n_users} users, {users.nnz} interactions; {unknown} interaction(s) with items the model does "
+             "not know were ignored")
+    batches = model.recommend_batches(rows, n=args.n, filter_already_liked_items=not args.include_seen,
+                                      memory_budget=args.memory_mib * 2**20)
+    written = write_recommendations(batches, users.user_ids, np.asarray(model.item_ids_), output)
+    progress(f"wrote {written} recommendations for {users.n_users} users to {output}")
+    return 0
+
+
+def rows_in_catalogue(users, item_ids) -> tuple[sp.csr_matrix, int]:
+    """The users' rows over the model's columns (matched by id, as text); and how many entries matched none."""
+    column_of = {str(item): column for column, item in enumerate(np.asarray(item_ids).tolist())}
+    columns = np.array([column_of.get(str(item), -1) for item in np.asarray(users.item_ids).tolist()], dtype=np.int64)
+    coo = users.matrix.tocoo()
+    mapped = columns[coo.col] if coo.nnz else np.empty(0, dtype=np.int64)
+    known = mapped >= 0
+    if coo.nnz and not known.any():
+        raise CliError(f"none of the {len(columns)} items of --input are in the model's catalogue of {len(item_ids)} "
+                       f"items (input ids such as {users.item_ids[0]!r}, model ids such as {item_ids[0]!r})")
+    rows = sp.csr_matrix((coo.data[known], (coo.row[known], mapped[known])), shape=(users.n_users, len(item_ids)),
+                         dtype=np.float32)
+    return rows, int((~known).sum())
+
+
+def write_recommendations(batches, user_ids, item_ids, output: Path) -> int:
+    """Write each batch's rows as they come; the file takes its name only once all are written."""
+    user_ids = np.asarray(user_ids)
+    written = 0
+    with atomic_output(output) as temporary:
+        writer = None
+        try:
+            for index, ids, scores in batches:
+                frame = batch_frame(user_ids[np.asarray(index)], ids, scores, item_ids)
+                writer = append(writer, frame, temporary, output.suffix)
+                written += len(frame)
+            if writer is None:  # no users: a file with the columns only
+                writer = append(None, batch_frame(user_ids[:0], np.empty((0, 1), np.int64), np.empty((0, 1)), item_ids),
+                                temporary, output.suffix)
+        finally:
+            if writer is not None and output.suffix == ".parquet":
+                writer.close()
+    return written
+
+
+def batch_frame(users, ids: np.ndarray, scores: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
+    n = ids.shape[1]
+    keep = (ids >= 0).ravel()  # fewer than n items left: the places hold -1
+    return pd.DataFrame({"user": np.repeat(users, n)[keep], "item": item_ids[np.clip(ids, 0, None).ravel()][keep],
+                         "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(ids))[keep],
+                         "score": scores.ravel().astype(np.float32)[keep]})
+
+
+def append(writer, frame: pd.DataFrame, path: Path, suffix: str):
+    """Append ``frame`` to the output; returns the open writer (the CSV one is the file itself)."""
+    if suffix == ".csv":
+        frame.to_csv(path, mode="a" if writer else "w", header=writer is None, index=False)
+        return True
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if writer is None:
+        writer = pq.ParquetWriter(path, table.schema)
+    writer.write_table(table.cast(writer.schema))
+    return writer

@@ -1,0 +1,139 @@
+"""``aerec train``: fit a model with validation-based early stopping, checkpointing, and save its directory.
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m aerec train ...``) every
+process joins one DistributedDataParallel run (:mod:`aerec.distributed`); rank 0
+writes the checkpoints, the model directory and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from aerec import __version__
+from aerec.cli.common import CliError, add_dataset_arguments, check_positive_int, load_dataset, make_split, parse_params, progress
+from aerec.models import MODELS, make_model
+
+CHECKPOINT_FOLDER = "checkpoint"
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "train", help="fit a model with early stopping on validation users and save it as a directory",
+        description="Split a dataset with a seeded protocol, fit a model on the training part (models with epochs "
+                    "keep the epoch with the best validation metric: NDCG@100 on the validation users for the "
+                    "strong protocol, RMSE on 10%% of the training ratings for the ratings protocol) and save it "
+                    "to --out, with the split recorded so that 'aerec evaluate --model DIR' tests it on the same "
+                    "split. The training state is checkpointed into DIR/checkpoint; --resume continues an "
+                    "interrupted run from there.")
+    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="model name")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model hyper-parameter, repeatable (e.g. --param epochs=100 --param patience=20)")
+    add_dataset_arguments(parser)
+    parser.add_argument("--out", required=True, help="the model directory to write")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run whose checkpoint is in OUT/checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the model or checkpoint already in --out")
+    parser.add_argument("--checkpoint-every", type=int, default=5,
+                        help="commit the training state every this many epochs, and at the end (default 5)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from aerec.distributed import init_from_environment, rank_and_world
+
+    check_positive_int("--checkpoint-every", args.checkpoint_every)
+    check_positive_int("--n-heldout", args.n_heldout)
+    params = parse_params(args.param)
+    model = make_model(args.model, **with_progress_bar(args.model, params))  # bad names fail before any data is read
+    out = Path(args.out)
+    if check_out(out, args.resume, args.overwrite) == "finished":
+        progress(f"{out} already holds the finished model; nothing to resume")
+        return report_saved(out, args.json)
+    if args.protocol == "ratings" and not hasattr(model, "predict"):
+        raise CliError(f"model {args.model!r} ranks items but does not predict ratings; "
+                       "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
+    data = load_dataset(args.dataset, args.data_dir)
+    progress(f"loaded {data}")
+    split = make_split(data, args.protocol, args.seed, args.n_heldout, args.dataset)
+    progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
+    distributed = init_from_environment(str(params.get("device", "auto")))
+    rank, world = rank_and_world()
+    from aerec.training import Checkpointing
+
+    checkpoint = Checkpointing(out / CHECKPOINT_FOLDER, every=args.checkpoint_every, resume=args.resume)
+    started = time.perf_counter()
+    model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    progress(f"fitted {model} in {seconds:.2f} s" + (f" on {world} processes" if world > 1 else ""))
+    import aerec
+
+    metadata = {"dataset": str(args.dataset), "protocol": split.protocol, "seed": split.seed,
+                "n_heldout": split.n_heldout, "split": split.summary, "fit_seconds": seconds, "processes": world,
+                "command": ["aerec", *sys.argv[1:]] if Path(sys.argv[0]).name in ("aerec", "__main__.py") else None}
+    aerec.save(model, out, metadata=metadata)
+    shutil.rmtree(out / CHECKPOINT_FOLDER, ignore_errors=True)  # the saved model supersedes it
+    return report_saved(out, args.json)
+
+
+def with_progress_bar(name: str, params: dict) -> dict:
+    """Models with a progress bar show it (on stderr) unless the user said otherwise."""
+    if "progress" in MODELS[name].param_names() and "progress" not in params:
+        return {**params, "progress": True}
+    return params
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> str:
+    """Refuse an --out that would lose something; returns "finished", "resume" or "new"."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; expected a directory for the model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return "new"
+    has_model = (out / "config.json").is_file()
+    has_checkpoint = (out / CHECKPOINT_FOLDER / "checkpoint.json").is_file()
+    foreign = [p.name for p in out.iterdir() if not (p.name in ("config.json", CHECKPOINT_FOLDER) or p.name.startswith(".")
+                                                      or p.name.startswith("tensors-"))]
+    if foreign:
+        raise CliError(f"--out {out} holds other files ({', '.join(sorted(foreign)[:3])}); expected a new or an aerec "
+                       "model directory")
+    if overwrite:
+        if resume:
+            raise CliError("--resume and --overwrite contradict each other; pass one")
+        return "new"
+    if resume:
+        return "resume" if has_checkpoint else ("finished" if has_model else "new")
+    if has_checkpoint:
+        raise CliError(f"--out {out} holds the checkpoint of an unfinished run; pass --resume to continue it or "
+                       "--overwrite to start again")
+    raise CliError(f"--out {out} already holds a trained model; pass --overwrite to replace it")
+
+
+def report_saved(out: Path, as_json: bool) -> int:
+    config = json.loads((out / "config.json").read_text())
+    training, metadata = config.get("training", {}), config.get("metadata", {})
+    report = {"out": str(out), "model": config["model"], "dataset": metadata.get("dataset"),
+              "protocol": metadata.get("protocol"), "seed": metadata.get("seed"), "training": training,
+              "aerec_version": __version__}
+    if as_json:
+        print(json.dumps(report))
+        return 0
+    lines = [f"{config['model']} trained on {metadata.get('dataset')} ({metadata.get('protocol')} protocol, seed "
+             f"{metadata.get('seed')}) and saved to {out}"]
+    if training.get("epochs_run"):
+        best = training.get("best_epoch")
+        lines.append(f"  epochs run: {training['epochs_run']}" + (f", best validation {training['best_validation']:.4f} "
+                                                                    f"at epoch {best}" if best else ""))
+    lines.append(f"  evaluate it: aerec evaluate --model {out}")
+    print("\n".join(lines))
+    return 0
