@@ -148,7 +148,8 @@ class Recommender:
         ``validation`` is a pair ``(fold_in, heldout)`` of validation users' rows
         (Interactions or sparse matrices, the fitted number of items): the model
         scores ``fold_in`` through ``score_tensor`` and is judged on ``heldout``
-        (Liang et al. keep the epoch with the best validation NDCG@100).
+        (Liang et al. keep the epoch with the best validation NDCG@100; NDCG@n_items
+        when the catalogue has fewer than ``k`` items).
         """
         from aerec.evaluation import evaluate_ranking
 
@@ -160,6 +161,7 @@ class Recommender:
         for name, part in (("fold_in", fold_in), ("heldout", heldout)):
             if part.shape[1] != self.n_items_:
                 raise ValueError(f"validation {name} has {part.shape[1]} columns; expected {self.n_items_} items as train")
+        k = min(k, self.n_items_)  # a catalogue smaller than k: NDCG over all of it
         return lambda module: evaluate_ranking(self, fold_in, heldout, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]
 
     def check_fitted(self) -> None:
