@@ -335,3 +335,16 @@ def test_refit_starts_from_fresh_weights_and_same_seed_same_scores():
     first = model.fit(rows).score(rows[:4])
     second = model.fit(rows).score(rows[:4])
     np.testing.assert_allclose(first, second, rtol=1e-6, atol=1e-7)
+
+
+def test_item_embeddings_are_the_first_and_last_layers_per_item():
+    model = MultDAE(hidden=12, latent=4, epochs=1).fit(random_implicit_csr(30, 20))
+    inputs, outputs = model.item_embeddings(), model.item_embeddings("output")
+    assert inputs.shape == outputs.shape == (20, 12) and inputs.dtype == np.float32
+    x = np.zeros((1, 20), dtype=np.float32)
+    x[0, 7] = 1.0
+    first = model.module_.encoder.layers[0]
+    np.testing.assert_allclose(first(torch.from_numpy(x)).detach().numpy()[0] - first.bias.detach().numpy(),
+                               inputs[7], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="layer='middle'"):
+        model.item_embeddings("middle")

@@ -275,6 +275,20 @@ class _MultAutoencoder(Recommender):
             return torch.empty((0, self.n_items_), device=self.device_)
         return torch.cat(parts)
 
+    def item_embeddings(self, layer: str = "input") -> np.ndarray:
+        """One vector per item, shape (n_items, hidden), float32.
+
+        ``"input"``: the item's column of the first encoder layer (what a like of it adds to
+        the hidden layer); ``"output"``: its row of the decoder's last layer (the vector its
+        logit is read from).
+        """
+        self.check_fitted()
+        if layer not in ("input", "output"):
+            raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
+        linear = self.module_.encoder.layers[0] if layer == "input" else self.module_.decoder.layers[-1]
+        weight = linear.weight.detach().float().cpu()
+        return (weight.T if layer == "input" else weight).contiguous().numpy()
+
     @staticmethod
     def _logits(module: _MultNet, x: torch.Tensor) -> torch.Tensor:
         out = module(x)
