@@ -32,7 +32,7 @@ from _common import add_run_args, environment_lines, finish_run, markdown_table,
 from aerec.data import binarize, load_movielens
 from aerec.data.synthetic import zipf_interactions
 from aerec.models.als import quiet_implicit
-from aerec.ranking import DEFAULT_MEMORY_BUDGET, stream_top_n
+from aerec.ranking import default_memory_budget, stream_top_n
 
 TOP_N = 100
 CASES = ("ml-100k", "ml-latest-small", "synthetic")
@@ -138,7 +138,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3, help="ALS iterations (the factors' quality is not judged)")
-    parser.add_argument("--memory-budget", type=int, default=DEFAULT_MEMORY_BUDGET, help="bytes of scores per aerec batch")
+    parser.add_argument("--memory-budget", type=int, default=default_memory_budget("cpu"),
+                        help="bytes of scores per aerec batch (default: the library's CPU default, %(default)s)")
     parser.add_argument("--check-users", type=int, default=2000)
     parser.add_argument("--users", type=int, default=136_677, help="synthetic users (default: ML-20M's)")
     parser.add_argument("--items", type=int, default=20_108, help="synthetic items (default: ML-20M's)")

@@ -163,3 +163,38 @@ def test_nan_at_an_excluded_item_is_ignored_and_anywhere_else_is_refused():
     exclude = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1]], dtype=np.float32))
     ids, _ = top_n(scores.clone(), exclude, 1)
     assert ids[:, 0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "mostly_excluded", "float64"])
+def test_group_maxima_selection_equals_topk(kind):
+    from aerec.ranking import group_size, select_top_n
+
+    grouped = 0
+    for trial in range(60):
+        generator = torch.Generator().manual_seed(trial)
+        rows, width = int(torch.randint(1, 30, (1,), generator=generator)), int(torch.randint(50, 5000, (1,), generator=generator))
+        n = min(int(torch.randint(1, 40, (1,), generator=generator)), width)
+        scores = torch.randn(rows, width, generator=generator)
+        if kind == "ties":
+            scores = torch.randint(0, 4, (rows, width), generator=generator).float()
+        elif kind == "mostly_excluded":
+            scores[torch.rand(rows, width, generator=generator) < 0.97] = -torch.inf
+        elif kind == "float64":
+            scores = scores.double()
+        grouped += group_size(width, n) is not None
+        values, ids = select_top_n(scores.clone(), n)
+        expected, _ = torch.topk(scores, n, dim=1)
+        assert torch.equal(values, expected)  # the same scores, best first (at ties any of the equal items)
+        assert torch.equal(scores.gather(1, ids), values)
+        assert all(len(set(row.tolist())) == n for row in ids)
+    assert grouped > 30  # most cases took the grouped path
+
+
+def test_group_maxima_selection_reports_nan_like_topk():
+    scores = torch.randn(3, 4000)
+    scores[1, 3999] = float("nan")  # in the items past the last whole group
+    with pytest.raises(ValueError, match="NaN in 1 row"):
+        top_n(scores, None, 10)
+    scores[1, 3999], scores[2, 17] = 0.0, float("nan")
+    with pytest.raises(ValueError, match="NaN in 1 row"):
+        top_n(scores, None, 10)

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from aerec.data.interactions import Interactions
-from aerec.ranking import DEFAULT_MEMORY_BUDGET, batch_rows_for_budget, stream_top_n
+from aerec.ranking import batch_rows_for_budget, default_memory_budget, stream_top_n
 
 
 class NotFittedError(ValueError):
@@ -99,18 +99,19 @@ class Recommender:
         return np.concatenate([ids for _, ids, _ in parts]), np.concatenate([scores for _, _, scores in parts])
 
     def recommend_batches(self, user_items, n: int = 10, filter_already_liked_items: bool = True,
-                          batch_rows: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                          batch_rows: int | None = None, memory_budget: int | None = None):
         """:meth:`recommend`, streamed: yields ``(rows, ids, scores)`` for one bounded batch of rows at a time.
 
         Each batch is scored, masked and ranked on the model's device; only the top ``n``
-        come back, so memory holds one batch of scores (``memory_budget`` bytes, or
-        ``batch_rows`` rows) however many users there are.
+        come back, so memory holds one batch of scores (``memory_budget`` bytes, by default
+        8 MiB on the CPU and 256 MiB on a GPU, or ``batch_rows`` rows) however many users there are.
         """
         rows = self.check_user_items(user_items)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= self.n_items_:
             raise ValueError(f"n={n!r}; expected an integer from 1 to the {self.n_items_} items of the catalogue")
         if batch_rows is None:
-            batch_rows = batch_rows_for_budget(self.n_items_, memory_budget)
+            budget = memory_budget if memory_budget is not None else default_memory_budget(getattr(self, "device_", "cpu"))
+            batch_rows = batch_rows_for_budget(self.n_items_, budget)
         yield from stream_top_n(lambda index: self.score_tensor(rows[index[0]:index[-1] + 1]), rows if filter_already_liked_items else None,
                                 int(n), n_rows=rows.shape[0], batch_rows=batch_rows)
 
