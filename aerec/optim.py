@@ -56,6 +56,7 @@ class CliminRprop(torch.optim.Optimizer):
             raise ValueError(f"lr={lr!r}; expected at least 2 x the minimum step size ({2 * low:g}), "
                              "climin's first step")
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes})
+        self._scratch: dict[int, torch.Tensor] = {}  # by id(param), reused every step; not optimizer state
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -73,15 +74,23 @@ class CliminRprop(torch.optim.Optimizer):
                 if not state:
                     state["step_size"] = torch.full_like(param, group["lr"] - 2 * low)
                     state["previous_gradient"] = torch.zeros_like(param)
-                step_size, previous, gradient = state["step_size"], state["previous_gradient"], param.grad
-                product = previous * gradient
-                grown = (step_size * grow).clamp_(low, high).add_(low)
-                shrunk = (step_size * shrink).clamp_(low, high).add_(low)
-                step_size.add_(2 * low)
-                step_size.copy_(torch.where(product > 0, grown, torch.where(product < 0, shrunk, step_size)))
-                param.addcmul_(step_size, gradient.sign(), value=-1.0)
-                previous.copy_(gradient)
+                self._update(param, state["step_size"], state["previous_gradient"], shrink, grow, low, high)
         return loss
+
+    def _update(self, param, step_size, previous, shrink, grow, low, high) -> None:
+        """One parameter's update, in place through one scratch tensor (no full-size temporaries)."""
+        gradient = param.grad
+        scratch = self._scratch.get(id(param))
+        if scratch is None or scratch.shape != param.shape or scratch.device != param.device:
+            scratch = self._scratch[id(param)] = torch.empty_like(param)
+        torch.mul(previous, gradient, out=scratch).sign_()
+        grows, unchanged = scratch > 0, scratch == 0
+        scratch.fill_(shrink).masked_fill_(grows, grow)
+        scratch.mul_(step_size).clamp_(low, high).add_(low)  # the step size where the gradient kept or flipped sign
+        step_size.add_(2 * low)  # ... and where it was zero
+        torch.where(unchanged, step_size, scratch, out=step_size)
+        param.addcmul_(step_size, torch.sign(gradient, out=scratch), value=-1.0)
+        previous.copy_(gradient)
 
 
 class LBFGS(torch.optim.LBFGS):
