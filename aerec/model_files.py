@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from aerec import __version__
@@ -70,9 +71,11 @@ def load(path: str | os.PathLike, device: str | None = None):
     """Rebuild the model saved in directory ``path``; ``device`` ("cpu", "cuda", "auto") overrides the saved one."""
     from aerec.models import MODELS, make_model
 
+    if device is not None:
+        check_device_available(resolve_device(device), "device")
     document, state = read_state(path, KIND, {"format": FORMAT, "format_version": FORMAT_VERSION}, SAVED_CLASSES)
     name = document.get("model")
-    if name not in MODELS or document.get("class") != getattr(MODELS.get(name), "__name__", None):
+    if not isinstance(name, str) or name not in MODELS or document.get("class") != MODELS[name].__name__:
         raise StateFileError(f"{path} holds model {name!r} (class {document.get('class')!r}); this aerec knows "
                              f"{sorted(MODELS)}")
     if not isinstance(state, dict) or not isinstance(state.get("params"), dict) or not isinstance(state.get("fitted"), dict):
@@ -95,13 +98,14 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
     bad = [name for name in fitted if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_"))]
     if bad:
         raise StateFileError(f"{where} holds fitted attribute {bad[0]!r}; expected names ending in '_'")
-    if "n_items_" not in plain:
-        raise StateFileError(f"{where} holds no fitted n_items_; expected a fitted model")
+    check_catalogue(plain, where)
     if "device_" in plain:
         plain["device_"] = resolve_device(device or getattr(model, "device", "auto"))
+        check_device_available(plain["device_"], "device")
     try:
         model.restore_fitted_state(plain)
         for name, weights in modules.items():
+            check_module_shapes(model, name, weights, where)
             with torch.random.fork_rng(devices=[]):  # building a module seeds torch; the caller's stream stays
                 module = model.new_module()
             module.load_state_dict(weights.state_dict, strict=True)
@@ -112,6 +116,46 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
     for name, value in plain.items():
         if isinstance(value, torch.Tensor) and hasattr(model, "device_"):
             setattr(model, name, value.to(model.device_))
+
+
+def check_catalogue(plain: dict, where: str) -> None:
+    """Every fitted model has ``n_items_`` (a positive integer) and one id per item in ``item_ids_``."""
+    n_items = plain.get("n_items_")
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+        raise StateFileError(f"{where} holds n_items_={n_items!r}; expected a fitted model's positive number of items")
+    item_ids = plain.get("item_ids_")
+    if not isinstance(item_ids, np.ndarray) or item_ids.shape != (n_items,):
+        found = f"shape {item_ids.shape}" if isinstance(item_ids, np.ndarray) else type(item_ids).__name__
+        raise StateFileError(f"{where} holds item_ids_ of {found}; expected an array of {n_items} ids, one per item")
+
+
+def check_module_shapes(model, name: str, weights: ModuleWeights, where: str) -> None:
+    """Refuse weights that do not fit the network the saved hyper-parameters describe, before building it.
+
+    The network is built on the "meta" device, which allocates nothing: a small config.json naming a huge
+    network (hidden=10**9) is refused instead of allocating gigabytes first.
+    """
+    if not isinstance(weights.state_dict, dict):
+        raise StateFileError(f"{where} holds {name} weights of type {type(weights.state_dict).__name__}; "
+                             "expected a dict of tensors")
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in model.new_module().state_dict().items()}
+    saved = {key: tuple(getattr(value, "shape", ())) for key, value in weights.state_dict.items()}
+    if saved != expected:
+        wrong = sorted(key for key in set(saved) | set(expected) if saved.get(key) != expected.get(key))[0]
+        raise StateFileError(f"{where} does not match a {type(model).__name__} with its saved hyper-parameters: "
+                             f"{name} weight {wrong!r} has shape {saved.get(wrong)}, the network {expected.get(wrong)}")
+
+
+def check_device_available(device: torch.device, what: str) -> None:
+    """Refuse a device this machine cannot use (CUDA without a GPU, a GPU index past the last) by name."""
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < n_gpus):
+        return
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"{what}={str(device)!r} is not available on this machine ({n_gpus} CUDA device(s)); "
+                     "expected 'auto', 'cpu' or an available 'cuda[:N]'")
 
 
 def registry_name(cls: type, models: dict) -> str:

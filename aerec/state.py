@@ -121,9 +121,9 @@ def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], whe
     if TENSOR in skeleton:
         return _tensor(tensors, skeleton[TENSOR], where)
     if ARRAY in skeleton:
-        return _tensor(tensors, skeleton[ARRAY], where).numpy()
+        return _array(_tensor(tensors, skeleton[ARRAY], where), where)
     if LIST_ARRAY in skeleton:
-        return np.asarray(skeleton[LIST_ARRAY], dtype=str if skeleton.get("dtype") == "str" else object)
+        return _list_array(skeleton[LIST_ARRAY], skeleton.get("dtype"), where)
     if TUPLE in skeleton:
         return tuple(rebuild(item) for item in _list(skeleton[TUPLE], where))
     if ITEMS in skeleton:
@@ -133,9 +133,9 @@ def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], whe
     if MODULE in skeleton:
         return ModuleWeights(rebuild(skeleton[MODULE]))
     if DEVICE in skeleton:
-        return torch.device(str(skeleton[DEVICE]))
+        return _device(skeleton[DEVICE], where)
     if DATACLASS in skeleton:
-        cls = dataclasses_allowed.get(skeleton[DATACLASS])
+        cls = dataclasses_allowed.get(skeleton[DATACLASS]) if isinstance(skeleton[DATACLASS], str) else None
         if cls is None:
             raise StateFileError(f"{where} holds a {skeleton[DATACLASS]!r} object; expected one of {sorted(dataclasses_allowed)}")
         fields = rebuild(skeleton.get("fields", {}))
@@ -150,6 +150,27 @@ def _tensor(tensors: dict, name, where: str) -> torch.Tensor:
     if not isinstance(name, str) or name not in tensors:
         raise StateFileError(f"{where} refers to tensor {name!r}, which its tensor file does not hold")
     return tensors[name]
+
+
+def _array(tensor: torch.Tensor, where: str) -> np.ndarray:
+    try:
+        return tensor.numpy()
+    except TypeError as exc:  # a dtype numpy has not (bfloat16, float8)
+        raise StateFileError(f"{where} holds an array of dtype {tensor.dtype}, which numpy cannot hold") from exc
+
+
+def _list_array(values, dtype, where: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=str if dtype == "str" else object)
+    except (ValueError, TypeError) as exc:  # ragged nesting, or values that are not text
+        raise StateFileError(f"{where} holds a damaged array: {exc}") from exc
+
+
+def _device(name, where: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise StateFileError(f"{where} names device {name!r}; expected a torch device such as 'cpu'") from exc
 
 
 def _list(value, where: str) -> list:
@@ -174,11 +195,13 @@ def _hashable(key, where: str):
 
 
 def _csr(parts, where: str) -> sp.csr_matrix:
+    if not isinstance(parts, dict):
+        raise StateFileError(f"{where} holds a damaged sparse matrix: expected its parts, found {type(parts).__name__}")
     try:
         shape = tuple(int(n) for n in parts["shape"])
         matrix = sp.csr_matrix((parts["data"], parts["indices"], parts["indptr"]), shape=shape)
         matrix.check_format(full_check=True)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: an infinite shape
         raise StateFileError(f"{where} holds a damaged sparse matrix: {exc}") from exc
     return matrix
 
@@ -248,9 +271,13 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
     """
     directory = Path(directory)
     document_path = directory / f"{kind}.json"
-    if not directory.is_dir():
+    try:
+        is_directory, has_document = directory.is_dir(), document_path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise StateFileError(f"cannot read {str(directory)[:200]!r}: {exc.strerror}") from exc
+    if not is_directory:
         raise StateFileError(f"{directory} is not a directory; expected a folder holding {kind}.json")
-    if not document_path.is_file():
+    if not has_document:
         raise StateFileError(f"{directory} holds no {kind}.json; expected a folder written by aerec")
     document = read_json(document_path)
     for key, expected in versions.items():
@@ -259,6 +286,9 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
                                  f"(written by aerec {document.get('aerec_version', 'unknown')})")
     tensors = read_tensor_file(directory, document.get("tensors"), document_path)
     shapes = document.get("shapes", {})
+    if not isinstance(shapes, dict):
+        raise StateFileError(f"{document_path} has 'shapes' of type {type(shapes).__name__}; expected an object "
+                             "mapping tensor names to shapes")
     for name, tensor in tensors.items():
         if shapes.get(name) != list(tensor.shape):
             raise StateFileError(f"{document_path} expects tensor {name!r} of shape {shapes.get(name)}; "
@@ -267,12 +297,16 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
 
 
 def read_json(path: Path) -> dict:
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
+    try:
+        size = path.stat().st_size
+        payload = path.read_bytes() if size <= MAX_JSON_BYTES else None
+    except OSError as exc:
+        raise StateFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if payload is None:
         raise StateFileError(f"{path} is {size} bytes; expected at most {MAX_JSON_BYTES}")
     try:
-        document = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        document = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, integers past Python's digit limit, deep nesting
         raise StateFileError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise StateFileError(f"{path} holds a JSON {type(document).__name__}; expected an object")
@@ -287,14 +321,18 @@ def read_tensor_file(directory: Path, entry, document_path: Path) -> dict:
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
         raise StateFileError(f"{document_path} names no tensor file; expected a 'tensors' entry with a 'file'")
     path = directory / entry["file"]
-    if Path(entry["file"]).name != entry["file"] or not path.is_file():
-        raise StateFileError(f"{document_path} names tensor file {entry['file']!r}, which is not in {directory}")
-    size = path.stat().st_size
-    if size != entry.get("bytes") or sha256_of_file(path) != entry.get("sha256"):
-        raise StateFileError(f"{path} is {size} bytes with another checksum than {document_path} records "
-                             f"({entry.get('bytes')} bytes, sha256 {entry.get('sha256')}): damaged or replaced")
-    with open(path, "rb") as handle:
-        start = handle.read(9)
+    try:
+        if Path(entry["file"]).name != entry["file"] or not path.is_file():
+            raise StateFileError(f"{document_path} names tensor file {entry['file']!r}, which is not in {directory}")
+        size = path.stat().st_size
+        if size != entry.get("bytes") or sha256_of_file(path) != entry.get("sha256"):
+            raise StateFileError(f"{path} is {size} bytes with another checksum than {document_path} records "
+                                 f"({entry.get('bytes')} bytes, sha256 {entry.get('sha256')}): damaged or replaced")
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+    except OSError as exc:  # e.g. a file name longer than the file system allows
+        raise StateFileError(f"{document_path} names tensor file {entry['file'][:100]!r}, which cannot be read: "
+                             f"{exc.strerror}") from exc
     if not looks_like_safetensors(start, size):
         raise StateFileError(f"{path} is {what_file_is(start)}, not a safetensors file; aerec reads only safetensors "
                              "(which cannot run code) and refused it without reading further")

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, MemoryError) as exc:
+    except (ValueError, TypeError, OSError, MemoryError) as exc:  # OSError: a path too long, unreadable, not a folder
         message = " ".join(str(exc).split())
         print(f"aerec {args.command}: error: {message}", file=sys.stderr)
         return 2

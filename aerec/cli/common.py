@@ -90,6 +90,16 @@ def check_positive_int(flag: str, value) -> None:
         raise CliError(f"{flag} {value}; expected an integer >= 1")
 
 
+def check_device_param(params: dict) -> None:
+    """Refuse ``--param device=cuda`` on a machine without CUDA now, not as an error from deep inside torch."""
+    from aerec._torch import resolve_device
+    from aerec.model_files import check_device_available
+
+    device = params.get("device")
+    if isinstance(device, str) and device != "auto":
+        check_device_available(resolve_device(device), "--param device")
+
+
 # -- data -----------------------------------------------------------------------------------------
 def load_dataset(name_or_path: str, data_dir, flag: str = "--dataset") -> Interactions:
     """A known dataset by name, a MovieLens folder or ratings file, or a generic CSV / Parquet file."""

@@ -13,6 +13,7 @@ from aerec.cli.common import (
     CliError,
     Split,
     add_dataset_arguments,
+    check_device_param,
     format_metrics,
     load_dataset,
     make_split,
@@ -56,6 +57,7 @@ def run(args) -> int:
                            "model directory")
         params = parse_params(args.param)
         model, recorded, name = make_model(args.model, **params), {}, args.model  # bad names fail before any data is read
+        check_device_param(params)
     settings = {"dataset": args.dataset or recorded.get("dataset") or "ml-latest-small",
                 "protocol": args.protocol or recorded.get("protocol") or "strong",
                 "seed": args.seed if args.seed is not None else recorded.get("seed", 98765),

@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 
 from aerec import __version__
-from aerec.cli.common import CliError, add_dataset_arguments, check_positive_int, load_dataset, make_split, parse_params, progress
+from aerec.cli.common import (
+    CliError,
+    add_dataset_arguments,
+    check_device_param,
+    check_positive_int,
+    load_dataset,
+    make_split,
+    parse_params,
+    progress,
+)
 from aerec.models import MODELS, make_model
 
 CHECKPOINT_FOLDER = "checkpoint"
@@ -50,9 +59,13 @@ def run(args) -> int:
     check_positive_int("--n-heldout", args.n_heldout)
     params = parse_params(args.param)
     model = make_model(args.model, **with_progress_bar(args.model, params))  # bad names fail before any data is read
+    check_device_param(params)
     out = Path(args.out)
     if check_out(out, args.resume, args.overwrite) == "finished":
+        import aerec
+
         progress(f"{out} already holds the finished model; nothing to resume")
+        aerec.load(out)  # a damaged model directory is refused by name rather than reported on
         return report_saved(out, args.json)
     if args.protocol == "ratings" and not hasattr(model, "predict"):
         raise CliError(f"model {args.model!r} ranks items but does not predict ratings; "
@@ -120,8 +133,10 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> str:
 
 
 def report_saved(out: Path, as_json: bool) -> int:
-    config = json.loads((out / "config.json").read_text())
-    training, metadata = config.get("training", {}), config.get("metadata", {})
+    from aerec.state import read_json
+
+    config = read_json(out / "config.json")
+    training, metadata = (config[key] if isinstance(config.get(key), dict) else {} for key in ("training", "metadata"))
     report = {"out": str(out), "model": config["model"], "dataset": metadata.get("dataset"),
               "protocol": metadata.get("protocol"), "seed": metadata.get("seed"), "training": training,
               "aerec_version": __version__}

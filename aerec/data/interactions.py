@@ -14,6 +14,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 DUPLICATE_POLICIES = ("error", "first", "last", "sum", "mean", "max")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+_INT64 = np.iinfo(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,21 +84,27 @@ class Interactions:
             raise TypeError(f"from_pandas expects a pandas DataFrame, got {type(df).__name__}")
         if duplicates not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
+        for role, name in (("user", user), ("item", item)):
+            if name is None:
+                raise ValueError(f"{role}=None; expected the name of the {role} id column")
         columns = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
-        missing = [f"{role}={name!r}" for role, name in columns.items() if name is not None and name not in df.columns]
+        missing = [f"{role}={name!r}" for role, name in columns.items()
+                   if name is not None and not _has_column(df, name)]
         if missing:
             raise ValueError(f"missing column(s) {', '.join(missing)}; the frame has columns {list(df.columns)}")
         if len(df) == 0:
             raise ValueError("the interactions frame is empty (0 rows); expected at least one interaction")
 
-        users = _ids(df[user], user)
-        items = _ids(df[item], item)
-        values = _ratings(df[rating], rating) if rating is not None else np.ones(len(df), dtype=np.float64)
-        times = _timestamps(df[timestamp], timestamp) if timestamp is not None else None
+        users = _ids(_column(df, user), user)
+        items = _ids(_column(df, item), item)
+        values = _ratings(_column(df, rating), rating) if rating is not None else np.ones(len(df), dtype=np.float64)
+        times = _timestamps(_column(df, timestamp), timestamp) if timestamp is not None else None
 
-        user_ids, rows = np.unique(users, return_inverse=True)
-        item_ids, cols = np.unique(items, return_inverse=True)
+        user_ids, rows = _unique_ids(users, user)
+        item_ids, cols = _unique_ids(items, item)
         rows, cols, values, times = _resolve_duplicates(rows, cols, values, times, duplicates, user_ids, item_ids)
+        if duplicates == "sum":
+            _check_values(values, "a sum of duplicated ratings")
         matrix = _canonical_csr(rows, cols, values, (len(user_ids), len(item_ids)))
         order = np.lexsort((cols, rows))
         return cls(matrix, user_ids, item_ids, None if times is None else times[order])
@@ -194,6 +203,22 @@ class Interactions:
 
 
 # -- helpers ----------------------------------------------------------------
+def _has_column(df: pd.DataFrame, name) -> bool:
+    try:
+        return name in df.columns
+    except TypeError:  # an unhashable name (a list) names no column
+        return False
+
+
+def _column(df: pd.DataFrame, name) -> pd.Series:
+    """The one column called ``name``; a name shared by several columns (or a MultiIndex prefix) is refused."""
+    column = df[name]
+    if isinstance(column, pd.DataFrame):
+        raise ValueError(f"{name!r} selects {column.shape[1]} columns of the frame ({list(column.columns)}); "
+                         "expected the name of exactly one column")
+    return column
+
+
 def _ids(column: pd.Series, name: str) -> np.ndarray:
     if column.isna().any():
         bad = int(column.isna().to_numpy().nonzero()[0][0])
@@ -206,9 +231,24 @@ def _ids(column: pd.Series, name: str) -> np.ndarray:
     return values
 
 
+def _unique_ids(values: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct ids and each row's index into them; ids that cannot be ordered are a ValueError."""
+    try:
+        return np.unique(values, return_inverse=True)
+    except TypeError as exc:  # e.g. str and int mixed past the first 1000 rows, or dicts
+        kinds = sorted({type(v).__name__ for v in values})
+        raise ValueError(f"column {name!r} holds ids that cannot be sorted together (types {kinds}: {exc}); "
+                         "expected ids of one orderable type such as int or str") from exc
+
+
+def _is_real_number_dtype(column: pd.Series) -> bool:
+    return (pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+            and not pd.api.types.is_complex_dtype(column))
+
+
 def _ratings(column: pd.Series, name: str) -> np.ndarray:
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        raise ValueError(f"rating column {name!r} has dtype {column.dtype}; expected numbers")
+    if not _is_real_number_dtype(column):
+        raise ValueError(f"rating column {name!r} has dtype {column.dtype}; expected numbers (not bool or complex)")
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     _check_values(values, f"rating column {name!r}")
     return values
@@ -225,19 +265,42 @@ def _check_values(values: np.ndarray, what: str) -> None:
             f"{what} has the value {_plain(values[bad])!r} at position {bad}; expected ratings > 0 "
             "(a sparse matrix cannot tell a 0 rating from 'not rated': shift the scale or drop them)"
         )
+    with np.errstate(over="ignore"):  # the matrix's type: larger values become inf, tiny ones 0, refused below
+        as_float32 = values.astype(np.float32)
+    lost = ~np.isfinite(as_float32) | (as_float32 <= 0)
+    if lost.any():
+        bad = int(np.flatnonzero(lost)[0])
+        raise ValueError(f"{what} has the value {_plain(values[bad])!r} at position {bad}, which float32 (the matrix's "
+                         f"type) cannot hold; expected ratings from {_FLOAT32_TINY:g} to {_FLOAT32_MAX:g}")
 
 
 def _timestamps(column: pd.Series, name: str) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(column):
         if column.isna().any():
             raise ValueError(f"timestamp column {name!r} has missing values; expected a time on every row")
+        if getattr(column.dtype, "tz", None) is not None:
+            column = column.dt.tz_convert(None)  # a time zone's times as UTC, which Unix seconds count from
         return (column.astype("datetime64[s]").astype("int64")).to_numpy()
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+    if not _is_real_number_dtype(column):
         raise ValueError(f"timestamp column {name!r} has dtype {column.dtype}; expected numbers or datetimes")
+    if column.dtype.kind in "iu" and not column.isna().any():
+        # integers as they are: through float64 those above 2**53 (nanoseconds) would be rounded
+        values = column.to_numpy(dtype=np.uint64 if column.dtype.kind == "u" else np.int64)
+        if values.dtype.kind == "u":
+            _check_int64_range(values > _INT64.max, column, name)
+        return values.astype(np.int64)
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     if not np.isfinite(values).all():
         raise ValueError(f"timestamp column {name!r} has NaN or inf; expected finite times")
+    _check_int64_range((values < _INT64.min) | (values >= 2.0**63), column, name)
     return values.astype(np.int64)
+
+
+def _check_int64_range(outside: np.ndarray, column: pd.Series, name: str) -> None:
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"timestamp column {name!r} has the value {_plain(column.iloc[bad])!r} at row {bad}; "
+                         f"expected times within int64 ({_INT64.min} to {_INT64.max})")
 
 
 def _resolve_duplicates(rows, cols, values, times, policy, user_ids, item_ids):
@@ -260,7 +323,7 @@ def _resolve_duplicates(rows, cols, values, times, policy, user_ids, item_ids):
         "mean": np.bincount(inverse, weights=values) / counts,
         "max": _group_max(inverse, values, len(unique_keys)),
     }[policy]
-    new_times = None if times is None else _group_max(inverse, times, len(unique_keys)).astype(np.int64)
+    new_times = None if times is None else _group_max(inverse, times, len(unique_keys))
     return rows[first], cols[first], combined, new_times
 
 
@@ -270,8 +333,10 @@ def _last_index(key, unique_keys):
 
 
 def _group_max(inverse, values, n_groups):
-    out = np.full(n_groups, -np.inf)
-    np.maximum.at(out, inverse, values.astype(np.float64))
+    """Each group's largest value, in the values' own dtype (int64 times stay exact, not rounded through float64)."""
+    lowest = np.iinfo(values.dtype).min if values.dtype.kind in "iu" else -np.inf
+    out = np.full(n_groups, lowest, dtype=values.dtype)
+    np.maximum.at(out, inverse, values)
     return out
 
 

@@ -75,7 +75,7 @@ def _read_table(source, sep: str, header, name: str | None = None) -> pd.DataFra
     name = name or str(source)
     try:
         frame = pd.read_csv(source, sep=sep, header=header, dtype=str if header is None else None, engine="c")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"cannot parse {name}: {exc}") from exc
     if frame.shape[1] != 4:
         raise ValueError(f"{name} has {frame.shape[1]} columns; expected 4 (user, item, rating, timestamp)")
