@@ -16,9 +16,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device={device!r} is not a torch device; expected 'auto', 'cpu' or 'cuda[:N]'") from exc
+    check_device_available(resolved, "device")
+    return resolved
+
+
+def check_device_available(device: torch.device, what: str) -> None:
+    """Refuse a device this machine cannot use (CUDA without a GPU, a GPU index past the last) by name."""
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < n_gpus):
+        return
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"{what}={str(device)!r} is not available on this machine ({n_gpus} CUDA device(s)); "
+                     "expected 'auto', 'cpu' or an available 'cuda[:N]'")
 
 
 def csr_to_dense_tensor(rows: sp.csr_matrix, device: torch.device, dtype=torch.float32) -> torch.Tensor:

@@ -18,6 +18,7 @@ previous model in the directory loadable. Loading refuses, with a
 - a directory from another format version;
 - missing or damaged files;
 - tensors whose shapes do not match the model;
+- a state that loads but cannot score a (blank) user;
 - a tensor file that is a pickle or a ``torch.save`` archive (refused before it is parsed).
 """
 
@@ -27,10 +28,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from aerec import __version__
-from aerec._torch import resolve_device
+from aerec._torch import check_device_available, resolve_device
 from aerec.state import ModuleWeights, StateFileError, read_state, write_state
 from aerec.training import History
 
@@ -88,7 +90,21 @@ def load(path: str | os.PathLike, device: str | None = None):
     except (ValueError, TypeError) as exc:
         raise StateFileError(f"{path} holds hyper-parameters this aerec refuses: {exc}") from exc
     restore(model, state["fitted"], device, where=str(path))
+    check_scores_a_user(model, where=str(path))
     return model
+
+
+def check_scores_a_user(model, where: str) -> None:
+    """Ask the loaded model for a blank user's top item: a saved state that cannot answer is refused here."""
+    blank = sp.csr_matrix((1, model.n_items_), dtype=np.float32)
+    try:
+        scores = model.score(blank)
+        if scores.shape != (1, model.n_items_):
+            raise ValueError(f"scores of shape {scores.shape} for one user of {model.n_items_} items")
+        model.recommend(blank, n=1)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError) as exc:
+        raise StateFileError(f"{where} loads but its saved state cannot score a user: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
 
 
 def restore(model, fitted: dict, device: str | None, where: str) -> None:
@@ -145,17 +161,6 @@ def check_module_shapes(model, name: str, weights: ModuleWeights, where: str) ->
         wrong = sorted(key for key in set(saved) | set(expected) if saved.get(key) != expected.get(key))[0]
         raise StateFileError(f"{where} does not match a {type(model).__name__} with its saved hyper-parameters: "
                              f"{name} weight {wrong!r} has shape {saved.get(wrong)}, the network {expected.get(wrong)}")
-
-
-def check_device_available(device: torch.device, what: str) -> None:
-    """Refuse a device this machine cannot use (CUDA without a GPU, a GPU index past the last) by name."""
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < n_gpus):
-        return
-    if device.type == "mps" and torch.backends.mps.is_available():
-        return
-    raise ValueError(f"{what}={str(device)!r} is not available on this machine ({n_gpus} CUDA device(s)); "
-                     "expected 'auto', 'cpu' or an available 'cuda[:N]'")
 
 
 def registry_name(cls: type, models: dict) -> str:

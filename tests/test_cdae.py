@@ -310,7 +310,7 @@ def test_fold_in_of_training_users_rows_is_not_worse_than_a_zero_user_vector(ml1
     ({"fold_in_steps": 2.5}, "fold_in_steps=2.5; expected a positive integer"),
     ({"optimizer": "adagrad"}, "optimizer='adagrad'; expected one of"),
     ({"patience": 0}, "patience=0; expected a positive integer"),
-    ({"seed": -1}, "seed=-1; expected an integer >= 0"),
+    ({"seed": -1}, "seed=-1; expected an integer from 0 to"),
     ({"precision": "fp16"}, "precision='fp16'; expected one of"),
 ])
 def test_bad_parameters_are_value_errors_naming_the_value(train, params, message):

@@ -217,3 +217,27 @@ def test_a_save_killed_half_way_leaves_the_previous_model_loadable(tmp_path, dat
     np.testing.assert_array_equal(aerec.load(path).score(data[:6]), first.score(data[:6]))
     aerec.save(first, path)  # the next save clears what the killed one left behind
     assert len(list(path.iterdir())) == 2
+
+
+def test_a_state_that_cannot_score_is_refused_at_load(tmp_path, data):
+    path = aerec.save(make_model("popularity").fit(data), tmp_path / "popularity")
+
+    def wrong_length(config):
+        config["state"]["fitted"]["item_counts_"] = {"__array__": [1.0, 2.0], "dtype": "object"}
+
+    rewrite_config(path, wrong_length)
+    with pytest.raises(StateFileError, match="cannot score a user"):
+        aerec.load(path)
+
+
+def test_huge_integers_and_seeds_are_refused_by_name():
+    with pytest.raises(ValueError, match="hidden=10{30}; expected a positive integer below 2"):
+        make_model("mult_vae", hidden=10**30)
+    with pytest.raises(ValueError, match="seed=9223372036854775808; expected an integer from 0 to"):
+        make_model("mult_vae", seed=2**63)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_an_unavailable_device_is_refused_by_name():
+    with pytest.raises(ValueError, match="device='cuda' is not available on this machine"):
+        make_model("ease", device="cuda")

@@ -92,8 +92,7 @@ def check_positive_int(flag: str, value) -> None:
 
 def check_device_param(params: dict) -> None:
     """Refuse ``--param device=cuda`` on a machine without CUDA now, not as an error from deep inside torch."""
-    from aerec._torch import resolve_device
-    from aerec.model_files import check_device_available
+    from aerec._torch import check_device_available, resolve_device
 
     device = params.get("device")
     if isinstance(device, str) and device != "auto":

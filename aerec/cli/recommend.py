@@ -15,7 +15,6 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aerec.cli.common import CliError, atomic_output, check_positive_int, load_dataset, progress
-from aerec.ranking import DEFAULT_MEMORY_BUDGET
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 
@@ -34,8 +33,8 @@ def register(commands) -> None:
     parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
     parser.add_argument("--output", required=True, help="recs.csv or recs.parquet (written when complete)")
     parser.add_argument("--include-seen", action="store_true", help="do not exclude the items a user already has")
-    parser.add_argument("--memory-mib", type=int, default=DEFAULT_MEMORY_BUDGET // 2**20,
-                        help=f"memory for one batch of scores, in MiB (default {DEFAULT_MEMORY_BUDGET // 2**20})")
+    parser.add_argument("--memory-mib", type=int,
+                        help="memory for one batch of scores, in MiB (default: 8 on the CPU, 256 on a GPU)")
     parser.add_argument("--device", help="cpu, cuda or auto (default: the saved model's device setting)")
     parser.set_defaults(run=run)
 
@@ -58,7 +57,7 @@ def run(args) -> int:
     progress(f"{users.n_users} users, {users.nnz} interactions; {unknown} interaction(s) with items the model does "
              "not know were ignored")
     batches = model.recommend_batches(rows, n=args.n, filter_already_liked_items=not args.include_seen,
-                                      memory_budget=args.memory_mib * 2**20)
+                                      memory_budget=None if args.memory_mib is None else args.memory_mib * 2**20)
     written = write_recommendations(batches, users.user_ids, np.asarray(model.item_ids_), output)
     progress(f"wrote {written} recommendations for {users.n_users} users to {output}")
     return 0

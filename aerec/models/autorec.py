@@ -39,7 +39,7 @@ from aerec.core.losses import masked_squared_error, reduce_rows
 from aerec.core.penalties import l2_weight_decay
 from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
-from aerec.models.base import Recommender, as_csr, check_positive
+from aerec.models.base import Recommender, as_csr, check_positive, check_seed
 from aerec.training import History, TrainConfig, train
 
 KINDS = ("item", "user")
@@ -349,8 +349,7 @@ class AutoRec(Recommender):
                     or not low_high[0] < low_high[1]):
                 raise ValueError(f"rating_range={self.rating_range!r}; expected None or (low, high), "
                                  "two finite numbers with low < high")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed={self.seed!r}; expected a non-negative integer")
+        check_seed(self.seed)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress={self.progress!r}; expected True or False")
         resolve_device(self.device)

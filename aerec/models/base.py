@@ -198,7 +198,20 @@ def as_csr(data, name: str) -> sp.csr_matrix:
 
 
 def check_positive(name: str, value, integer: bool = False) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a positive (integer) number."""
+    """Raise a ValueError naming ``name`` unless ``value`` is a positive (integer) number (integers below 2**63)."""
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not np.isfinite(value):
-        raise ValueError(f"{name}={value!r}; expected a positive {'integer' if integer else 'number'}")
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not _finite(value):
+        raise ValueError(f"{name}={value!r}; expected a positive {'integer' if integer else 'number'} "
+                         f"{'below 2**63' if isinstance(value, (int, np.integer)) else 'that is finite'}")
+
+
+def check_seed(value, name: str = "seed") -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an integer in [0, 2**63) (what torch seeds take)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
+        raise ValueError(f"{name}={value!r}; expected an integer from 0 to 2**63 - 1")
+
+
+def _finite(value) -> bool:
+    if isinstance(value, (int, np.integer)):
+        return value < 2**63  # larger integers overflow every tensor and numpy type downstream
+    return bool(np.isfinite(value))

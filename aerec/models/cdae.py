@@ -78,7 +78,7 @@ from aerec.core.corruption import MaskingNoise
 from aerec.core.layers import SparseInputLinear, init_linear_, make_activation
 from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender, check_positive, check_seed
 from aerec.training import OPTIMIZERS, PRECISIONS, TrainConfig, train
 
 ACTIVATIONS = ("sigmoid", "identity")
@@ -217,8 +217,7 @@ class CDAE(Recommender):
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
         if self.patience is not None:
             check_positive("patience", self.patience, integer=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}; expected an integer >= 0")
+        check_seed(self.seed)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress={self.progress!r}; expected True or False")
         if self.precision not in PRECISIONS:

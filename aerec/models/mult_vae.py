@@ -64,7 +64,7 @@ from aerec.core.losses import multinomial_nll
 from aerec.core.penalties import l2_weight_decay
 from aerec.core.variational import GaussianLatent, LinearAnneal, kl_standard_normal, reparameterize
 from aerec.data.batching import RowBatch, iter_row_batches
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender, check_positive, check_seed
 from aerec.training import PRECISIONS, TrainConfig, TrainingState, train
 
 __all__ = ["MultDAE", "MultDAENet", "MultVAE", "MultVAENet", "l2_normalize_rows"]
@@ -202,8 +202,7 @@ class _MultAutoencoder(Recommender):
         check_positive("batch_size", self.batch_size, integer=True)
         check_positive("lr", self.lr)
         _check_number("l2", self.l2, 0.0, None)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}; expected an integer >= 0")
+        check_seed(self.seed)
         if self.patience is not None:
             check_positive("patience", self.patience, integer=True)
         if not isinstance(self.progress, bool):
