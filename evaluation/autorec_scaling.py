@@ -26,7 +26,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from _common import add_run_args, environment_lines, finish_run, markdown_table, start_run  # noqa: E402
 from aerec.data.synthetic import zipf_interactions  # noqa: E402

@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import add_output_args, environment_lines, finish_run, markdown_table, start_run

@@ -57,7 +57,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from aerec._torch import csr_to_sparse_tensor, resolve_device
+from aerec._torch import resolve_device
 from aerec.core.corruption import MaskingNoise
 from aerec.core.layers import DenseStack, weight_matrices
 from aerec.core.losses import multinomial_nll
