@@ -211,7 +211,9 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
     best_weights, since_best = None, 0
     fingerprint = checkpoint_fingerprint(config, module, source, rows)
     if config.checkpoint is not None and config.checkpoint.resume:
-        resumed = resume_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng)
+        from aerec.checkpoint import load_checkpoint  # checkpoint imports this module's dataclasses
+
+        resumed = load_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng)
         if resumed is not None:
             state, history, best_weights, since_best = resumed
     start = len(history.epochs) if not history.stopped_early else config.epochs
@@ -264,13 +266,6 @@ def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows)
                                            "rows": None if rows is None else int(len(rows))},
             "parameters": {name: list(p.shape) for name, p in module.named_parameters()},
             "tag": config.checkpoint.tag if config.checkpoint is not None else {}}
-
-
-def resume_checkpoint(path, fingerprint: dict, module, optimizer, rng):
-    """Load the checkpoint in ``path`` into the module, optimizer and RNGs; None when there is none yet."""
-    from aerec.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, fingerprint, module, optimizer, rng)
 
 
 def single_process(step_loss: StepLoss):
