@@ -88,7 +88,7 @@ def select_top_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
     ``torch.topk`` on the CPU costs about as much per row as the scoring itself. For rows
     much wider than ``n`` this selects in three cheap passes instead:
 
-    1. the maximum of every group of ``gs`` consecutive items;
+    1. the maximum of every group of ``size`` items (strided: item ``i`` is in group ``i mod n_groups``);
     2. the ``n`` groups with the largest maxima, and ``t``, the smallest of those maxima;
     3. among the items of those groups (and the few items past the last whole group),
        the ones scoring at least ``t``, of which the top ``n`` are taken.
@@ -105,21 +105,30 @@ def select_top_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
     if size is None or scores.device.type != "cpu" or rows == 0:
         return torch.topk(scores, n, dim=1, largest=True, sorted=True)
     n_groups = width // size
-    group_max = scores[:, :n_groups * size].unflatten(1, (n_groups, size)).amax(dim=2)
+    # group g holds the items g, g + n_groups, g + 2 n_groups, ...: its maximum is an element-wise maximum of
+    # ``size`` contiguous slices, which vectorizes (8x faster than reducing runs of ``size`` neighbours)
+    grouped = scores[:, :n_groups * size].unflatten(1, (size, n_groups))
+    group_max = grouped.amax(dim=1)
     tail = scores[:, n_groups * size:]
     if bool(torch.isnan(group_max).any()) or bool(torch.isnan(tail).any()):
         return torch.topk(scores, n, dim=1, largest=True, sorted=True)  # NaN ranks first there, and is reported
     best_max, groups = torch.topk(group_max, n, dim=1, sorted=False)
     threshold = best_max.amin(dim=1, keepdim=True)
-    columns = (groups.sort(dim=1).values.unsqueeze(2) * size + torch.arange(size)).flatten(1)
+    # candidate k * n + j is item groups[:, j] + k * n_groups; the tail's items follow
+    candidates = grouped.gather(2, groups.unsqueeze(1).expand(rows, size, n)).flatten(1)
     if tail.shape[1]:
-        columns = torch.cat([columns, torch.arange(n_groups * size, width).expand(rows, tail.shape[1])], dim=1)
-    candidates = scores.gather(1, columns)
-    return _top_n_at_least(candidates, columns, threshold, n)
+        candidates = torch.cat([candidates, tail], dim=1)
+    values, position = _top_n_at_least(candidates, threshold, n)
+    in_group = position < size * n
+    group_item = groups.gather(1, (position % n).masked_fill_(~in_group, 0)) + (position // n) * n_groups
+    return values, torch.where(in_group, group_item, position - size * n + n_groups * size)
 
 
-def _top_n_at_least(candidates: torch.Tensor, columns: torch.Tensor, threshold: torch.Tensor, n: int):
-    """The top ``n`` of each row's candidates scoring at least its threshold (at least ``n`` of them do)."""
+def _top_n_at_least(candidates: torch.Tensor, threshold: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``n`` of each row's candidates scoring at least its threshold (at least ``n`` of them do).
+
+    Returns their values and positions among the row's candidates, best first.
+    """
     rows = candidates.shape[0]
     keep = candidates >= threshold
     row_of, position = keep.nonzero(as_tuple=True)
@@ -127,10 +136,10 @@ def _top_n_at_least(candidates: torch.Tensor, columns: torch.Tensor, threshold: 
     slot = torch.arange(len(row_of)) - (torch.cumsum(counts, 0) - counts)[row_of]
     packed = torch.full((rows, int(counts.max())), -torch.inf, dtype=candidates.dtype)
     packed[row_of, slot] = candidates[row_of, position]
-    packed_columns = torch.zeros(packed.shape, dtype=torch.long)
-    packed_columns[row_of, slot] = columns[row_of, position]
+    packed_position = torch.zeros(packed.shape, dtype=torch.long)
+    packed_position[row_of, slot] = position
     values, order = torch.topk(packed, n, dim=1, largest=True, sorted=True)
-    return values, packed_columns.gather(1, order)
+    return values, packed_position.gather(1, order)
 
 
 def group_size(width: int, n: int) -> int | None:

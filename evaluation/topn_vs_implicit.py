@@ -9,9 +9,9 @@ same user and item factors and the same known-item masks:
   batches (the path every aerec model's ``recommend_batches`` takes).
 
 Both run with the same number of threads; the table gives the median over the
-repeats (the two interleaved) and users per second. Agreement: for a sample of
-users, the share of top-100 lists that hold the same item set in both (ties at
-the cut may legitimately differ).
+repeats (the two interleaved, after an untimed warm-up round; quick cases get
+more repeats) and users per second. Agreement: for a sample of users, the share
+of top-100 lists that hold the same item set in both (ties at the cut may legitimately differ).
 
 Run from the repository root:
 
@@ -71,6 +71,11 @@ def aerec_top_n(users: torch.Tensor, items_t: torch.Tensor, matrix, budget: int)
     return ids, scores
 
 
+def repeats_for(round_seconds: float, args) -> int:
+    """Repeats that fill about ``--min-seconds`` (quick cases get many, so a median is stable), within bounds."""
+    return int(np.clip(np.ceil(args.min_seconds / max(round_seconds, 1e-6)), args.repeats, args.max_repeats))
+
+
 def agreement(ids_a: np.ndarray, ids_b: np.ndarray, sample: np.ndarray) -> float:
     same = [set(ids_a[u][ids_a[u] >= 0]) == set(ids_b[u][ids_b[u] >= 0]) for u in sample]
     return float(np.mean(same))
@@ -86,7 +91,10 @@ def run_case(name: str, args, log) -> dict:
     items_t = torch.from_numpy(np.ascontiguousarray(model.item_factors, dtype=np.float32)).T.contiguous()
     times = {"implicit": [], "aerec": []}
     results = {}
-    for repeat in range(args.repeats):
+    warm_up = time.perf_counter()
+    implicit_top_n(model, matrix), aerec_top_n(users, items_t, matrix, args.memory_budget)
+    repeats = repeats_for(time.perf_counter() - warm_up, args)
+    for repeat in range(repeats):
         for which in times:
             start = time.perf_counter()
             results[which] = (implicit_top_n(model, matrix) if which == "implicit"
@@ -100,7 +108,7 @@ def run_case(name: str, args, log) -> dict:
             "nnz": matrix.nnz, "als_fit_seconds": fit_seconds, "times": times, "median_seconds": medians,
             "users_per_second": {w: matrix.shape[0] / s for w, s in medians.items()},
             "same_top_n_share": agreement(results["implicit"][0], results["aerec"][0], sample),
-            "checked_users": len(sample)}
+            "checked_users": len(sample), "repeats": repeats}
 
 
 def markdown(record: dict) -> str:
@@ -113,7 +121,7 @@ def markdown(record: dict) -> str:
     table = markdown_table(["case", "users", "items", "implicit s", "aerec s", "implicit users/s", "aerec users/s",
                             "aerec / implicit", "same top-100 set"], rows)
     cases = "\n".join(f"- {c['name']}: {c['description']}; ALS {record['factors']} factors fitted in "
-                      f"{c['als_fit_seconds']:.1f} s (not timed); agreement checked on {c['checked_users']:,} users"
+                      f"{c['als_fit_seconds']:.1f} s (not timed); {c['repeats']} repeats; agreement checked on {c['checked_users']:,} users"
                       for c in record["cases"])
     return f"""# Top-100 for every user: aerec vs implicit
 
@@ -123,7 +131,8 @@ Command (from the repository root, {record['runtime_seconds']:.0f} s, {record['t
 {record['command']}
 ```
 
-Same ALS factors and known-item masks for both; median of {record['repeats']} interleaved repeats. aerec's batches
+Same ALS factors and known-item masks for both; after one untimed warm-up round, the median of interleaved
+repeats (at least {record['repeats']}, more for quick cases: see each case's line). aerec's batches
 hold at most {record['memory_budget'] / 2**20:.0f} MiB of scores. Target: more users/s than implicit on CPU.
 
 {table}
@@ -135,7 +144,10 @@ hold at most {record['memory_budget'] / 2**20:.0f} MiB of scores. Target: more u
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="fewest timed repeats per case (default: %(default)s)")
+    parser.add_argument("--min-seconds", type=float, default=5.0,
+                        help="more repeats while a case's rounds take less than this in all (default: %(default)s)")
+    parser.add_argument("--max-repeats", type=int, default=51, help="default: %(default)s")
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3, help="ALS iterations (the factors' quality is not judged)")
     parser.add_argument("--memory-budget", type=int, default=default_memory_budget("cpu"),
