@@ -67,3 +67,16 @@ def available_memory_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+def flat_in_memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of ``tensor``'s elements in memory order (a copy only if its memory is not one dense block).
+
+    A row-major or column-major matrix (as :class:`aerec.core.layers.SparseInputLinear` keeps its
+    weight) is viewed without copying, unlike ``reshape(-1)``, which copies the column-major one.
+    """
+    if tensor.is_contiguous():
+        return tensor.view(-1)
+    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
+    permuted = tensor.permute(order)
+    return permuted.view(-1) if permuted.is_contiguous() else permuted.reshape(-1)

@@ -307,19 +307,22 @@ def test_bad_prediction_calls_are_named(small):
         AutoRec().predict([0], [0])
 
 
-@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
-def test_observed_products_values_and_gradients_equal_the_dense_product():
-    from aerec.models.autorec import ObservedProducts
+def test_observed_outputs_values_and_gradients_equal_the_dense_network():
+    from aerec.data.batching import RowBatch
+    from aerec.models.autorec import AutoRecNet
 
     rng = np.random.default_rng(0)
-    mask = rng.random((6, 9)) < 0.4
-    mask[2] = False  # a row with no stored entries
-    rows, cols = np.nonzero(mask)
-    pattern = torch.sparse_csr_tensor(torch.from_numpy(np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)),
-                                      torch.from_numpy(cols.astype(np.int64)), torch.ones(len(cols), dtype=torch.float64),
-                                      size=mask.shape, check_invariants=True)
-    codes = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
-    dense = (codes @ weight.T)[torch.from_numpy(rows), torch.from_numpy(cols)]
-    torch.testing.assert_close(ObservedProducts.apply(codes, weight, pattern), dense)
-    assert torch.autograd.gradcheck(lambda c, w: ObservedProducts.apply(c, w, pattern), (codes, weight))
+    dense_ratings = np.where(rng.random((6, 9)) < 0.4, rng.integers(1, 6, (6, 9)), 0).astype(np.float32)
+    dense_ratings[2] = 0  # a row with no stored entries
+    ratings = sp.csr_matrix(dense_ratings)
+    at = sp.csr_matrix(rng.random((6, 9)) < 0.3)  # other entries than the inputs'
+    net = AutoRecNet(9, 4, torch.Generator().manual_seed(0)).double()
+    inputs, outputs = RowBatch(np.arange(6), ratings), RowBatch(np.arange(6), at)
+    observed = net.observed(inputs.pattern, inputs.parts.val.double(), outputs.pattern)
+    rows, cols = at.nonzero()
+    dense = net(torch.from_numpy(ratings.toarray()).double())[torch.from_numpy(rows), torch.from_numpy(cols)]
+    torch.testing.assert_close(observed, dense)
+    upstream = torch.randn(observed.shape, dtype=torch.float64)
+    for mine, expected in zip(torch.autograd.grad(observed, list(net.parameters()), upstream),
+                              torch.autograd.grad(dense, list(net.parameters()), upstream)):
+        torch.testing.assert_close(mine, expected)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from aerec._torch import flat_in_memory_order
 from aerec.core.layers import check_real
 
 __all__ = [
@@ -57,7 +58,27 @@ def l2_weight_decay(weights: Iterable[torch.Tensor], lam: float) -> torch.Tensor
     weights = list(weights)
     if not weights or not all(isinstance(w, torch.Tensor) for w in weights):
         raise ValueError(f"weights holds {len(weights)} item(s); expected at least one, all torch.Tensor")
-    return (lam / 2) * sum(w.pow(2).sum() for w in weights)
+    return _HalfSquaredNorms.apply(lam, *weights)
+
+
+class _HalfSquaredNorms(torch.autograd.Function):
+    """``(lam / 2) sum_k ||W_k||^2`` with one read of each weight forward and ``lam W_k`` (one pass) backward.
+
+    Autograd through ``w.pow(2).sum()`` makes four passes over every weight (the square, its sum,
+    and the backward's ``2 w`` and product), which for U-AutoRec on a large catalogue (2 x 500 x
+    items weights) cost more than the data term.
+    """
+
+    @staticmethod
+    def forward(ctx, lam: float, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.lam = lam
+        ctx.save_for_backward(*weights)
+        total = sum(torch.dot(flat, flat) for flat in map(flat_in_memory_order, weights))
+        return total * (lam / 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (None, *(w * (grad * ctx.lam) for w in ctx.saved_tensors))
 
 
 def l1_activity(h: torch.Tensor, lam: float) -> torch.Tensor:

@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from aerec.sparse_products import SparsePattern
+
 # A CSR placed on a GPU may take at most this share of the free device memory; beyond it batches are cut
 # on the host and copied over one at a time (the model and its activations need the rest).
 DEVICE_MEMORY_SHARE = 0.5
@@ -75,12 +77,15 @@ class RowBatch:
                         torch.from_numpy(np.asarray(rows.data, dtype=np.float32)).to(self.device), rows.shape)
 
     @cached_property
+    def pattern(self) -> SparsePattern:
+        """The batch's stored positions, for :mod:`aerec.sparse_products` (only for sparse sources)."""
+        parts = self.parts
+        return SparsePattern(parts.crow, parts.col, parts.shape)
+
+    @property
     def row_of_entry(self) -> torch.Tensor:
         """For each stored entry, its row within the batch (int64, CSR order)."""
-        crow = self.parts.crow
-        counts = crow[1:] - crow[:-1]
-        return torch.repeat_interleave(torch.arange(len(counts), device=crow.device), counts,
-                                       output_size=self.parts.col.numel())
+        return self.pattern.row_of_entry
 
     @cached_property
     def sparse(self) -> torch.Tensor:
@@ -151,6 +156,7 @@ class RowSource:
             if matrix.ndim != 2:
                 raise ValueError(f"matrix has shape {matrix.shape}; expected a 2-D array or sparse matrix")
         self.shape = tuple(int(n) for n in matrix.shape)
+        self._whole: RowBatch | None = None
         self.nnz = int(matrix.nnz) if self.is_sparse else int(np.count_nonzero(matrix))
         self.placement = self.device if self.fits_on_device(matrix) else torch.device("cpu")
         if self.is_sparse:
@@ -174,8 +180,21 @@ class RowSource:
         return size <= DEVICE_MEMORY_SHARE * free
 
     def batch(self, index: np.ndarray) -> RowBatch:
-        """The rows ``index`` (in that order) as a :class:`RowBatch` on the device."""
+        """The rows ``index`` (in that order) as a :class:`RowBatch` on the device.
+
+        A batch of all rows in order (full-batch training asks for it every epoch) is cut once
+        and returned again, with what it has cached (e.g. its :meth:`RowBatch.pattern`'s groupings).
+        """
         index = np.asarray(index, dtype=np.int64)
+        whole = len(index) == self.shape[0] and np.array_equal(index, np.arange(self.shape[0]))
+        if whole and self._whole is not None:
+            return self._whole
+        batch = self._cut(index)
+        if whole:
+            self._whole = batch
+        return batch
+
+    def _cut(self, index: np.ndarray) -> RowBatch:
         rows = torch.from_numpy(index).to(self.placement)
         if not self.is_sparse:
             return RowBatch(index, self.array[rows].to(self.device, non_blocking=True), self.device)

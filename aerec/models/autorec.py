@@ -25,13 +25,11 @@ number of ratings times ``k``; the first layer reads a sparse batch.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from aerec._torch import csr_to_sparse_tensor, resolve_device
 from aerec.core.layers import SparseInputLinear, weight_matrices
@@ -40,6 +38,7 @@ from aerec.core.penalties import l2_weight_decay
 from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
 from aerec.models.base import Recommender, as_csr, check_positive, check_seed
+from aerec.sparse_products import SparsePattern, pattern_matmul, sampled_dot
 from aerec.training import History, TrainConfig, train
 
 KINDS = ("item", "user")
@@ -92,52 +91,22 @@ class AutoRecNet(nn.Module):
         """The dense reconstruction ``h(r)`` of shape (batch, n_inputs)."""
         return self.decoder(self.encode(x))
 
-    def observed(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        """``h(r)`` at the stored entries of ``pattern`` only, in CSR order (row by row, columns ascending).
+    def encode_entries(self, inputs: SparsePattern, values: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode` of rows given as their stored ``values`` at ``inputs`` (CSR order); cost: entries x k."""
+        return torch.sigmoid(pattern_matmul(inputs, values, self.encoder.weight.t()) + self.encoder.bias)
 
-        ``pattern`` is a torch sparse CSR tensor of shape (batch, n_inputs) (its values are not
-        read); the decoder's product is computed at those entries alone.
+    def observed(self, inputs: SparsePattern, values: torch.Tensor, at: SparsePattern) -> torch.Tensor:
+        """``h(r)`` at the stored entries of ``at`` only, in CSR order (row by row, columns ascending).
+
+        The rows ``r`` hold ``values`` at ``inputs``; ``at`` has the same rows. The encoder
+        reads the stored entries and the decoder's product is computed at ``at``'s entries
+        alone (:func:`aerec.sparse_products.sampled_dot`), so the cost grows with the
+        entries of both, times ``k``, never with rows x columns.
         """
-        codes = self.encode(x)
-        if pattern.values().numel() == 0:
+        codes = self.encode_entries(inputs, values)
+        if at.nnz == 0:
             return codes.new_zeros(0)
-        products = ObservedProducts.apply(codes, self.decoder.weight, pattern)
-        return products + self.decoder.bias[pattern.col_indices()]
-
-
-class ObservedProducts(torch.autograd.Function):
-    """``codes[r] . weight[c]`` for every stored entry (r, c) of a CSR ``pattern``, in CSR order.
-
-    The forward pass is torch's sampled dense x dense product; the backward pass gathers
-    with ``embedding_bag`` (``grad_codes[r] = sum_c g_rc weight[c]``, ``grad_weight[c] =
-    sum_r g_rc codes[r]``), so both directions cost time in proportion to the stored entries
-    times the code width. (torch's own backward of ``sampled_addmm`` multiplies densely:
-    rows x columns x width, which grew with the square of the data in the cost benchmark.)
-    """
-
-    @staticmethod
-    def forward(ctx, codes: torch.Tensor, weight: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(codes, weight)
-        ctx.pattern = pattern
-        return torch.sparse.sampled_addmm(pattern, codes, weight.t(), beta=0.0).values()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        codes, weight = ctx.saved_tensors
-        pattern = ctx.pattern
-        crow, col = pattern.crow_indices(), pattern.col_indices()
-        grad = grad.contiguous()
-        grad_codes = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_codes = F.embedding_bag(col, weight.contiguous(), crow[:-1], mode="sum", per_sample_weights=grad)
-        if ctx.needs_input_grad[1]:
-            rows = torch.repeat_interleave(torch.arange(codes.shape[0], device=col.device), crow[1:] - crow[:-1],
-                                           output_size=col.numel())
-            order = torch.argsort(col, stable=True)
-            counts = torch.bincount(col, minlength=weight.shape[0])
-            grad_weight = F.embedding_bag(rows[order], codes.contiguous(), torch.cumsum(counts, 0) - counts, mode="sum",
-                                          per_sample_weights=grad[order])
-        return grad_codes, grad_weight, None
+        return sampled_dot(at, codes, self.decoder.weight) + self.decoder.bias[at.col]
 
 
 def autorec_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights, l2: float) -> dict:
@@ -192,9 +161,8 @@ def autorec_objective(module: AutoRecNet, rows: sp.csr_matrix | RowBatch, l2: fl
     if not isinstance(rows, RowBatch):
         device = device if device is not None else next(module.parameters()).device
         rows = RowBatch(np.arange(rows.shape[0]), rows, device)
-    pattern = rows.csr
-    pred = module.observed(rows.sparse, pattern)
-    target = pattern.values()
+    pred = module.observed(rows.pattern, rows.parts.val, rows.pattern)
+    target = rows.parts.val
     mask = torch.ones((1, target.numel()), dtype=torch.bool, device=target.device)  # every stored entry is observed
     return autorec_loss(pred[None], target[None], mask, weight_matrices(module), l2)
 
@@ -491,8 +459,8 @@ class AutoRec(Recommender):
         values = []
         for start in range(0, len(needed), _ROWS_PER_BATCH):
             chunk = needed[start:start + _ROWS_PER_BATCH]
-            x = csr_to_sparse_tensor(self.input_rows_[chunk], self.device_)
-            values.append(module.observed(x, _csr_tensor(pattern[chunk], self.device_)).double().cpu().numpy())
+            inputs, at = RowBatch(chunk, self.input_rows_[chunk], self.device_), RowBatch(chunk, pattern[chunk], self.device_)
+            values.append(module.observed(inputs.pattern, inputs.parts.val, at.pattern).double().cpu().numpy())
         return np.concatenate(values)[inverse.ravel()]
 
     @torch.no_grad()
@@ -562,16 +530,6 @@ def _reference_rprop_schedule(state, module, optimizer, record) -> None:
         group["etas"] = (_RPROP_SHRINK, _RPROP_FAST_GROWTH)
     elif record["epoch"] == _RPROP_FAST_UNTIL:
         group["etas"] = (_RPROP_SHRINK, _RPROP_GROWTH)
-
-
-def _csr_tensor(rows: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-    """A canonical scipy CSR batch as a torch sparse CSR tensor (the sampled product's pattern)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.from_numpy(rows.indptr.astype(np.int64)),
-                                       torch.from_numpy(rows.indices.astype(np.int64)),
-                                       torch.from_numpy(np.asarray(rows.data, dtype=np.float32)),
-                                       size=rows.shape, device=device, check_invariants=False)
 
 
 def _canonical(matrix: sp.csr_matrix) -> sp.csr_matrix:
