@@ -107,7 +107,7 @@ _CHUNK = 2**17
 
 def _rprop_update(param, gradient, step_size, previous, scratch, shrink, grow, low, high) -> None:
     """climin's Rprop update of ``param`` (and of ``step_size`` and ``previous``) in place; see the class."""
-    torch.mul(previous, gradient, out=scratch).sign_()
+    torch.mul(previous, gradient, out=scratch)
     grows, unchanged = scratch > 0, scratch == 0
     scratch.fill_(shrink).masked_fill_(grows, grow)
     scratch.mul_(step_size).clamp_(low, high).add_(low)  # the step size where the gradient kept or flipped sign

@@ -124,10 +124,13 @@ synthetic Zipf ratings, {record['per_user']} ratings per user on average. Plot: 
 ## Fixed entries, 10x catalogue
 
 {pair}
-An iteration costs time in proportion to the observed entries (encoder and the sampled decoder) plus a part
-in proportion to the parameters (the L2 penalty, the gradient buffers and the Rprop update touch every weight:
-2 x 500 x the input width). For U-AutoRec the input width is the catalogue, so a 10x catalogue multiplies that
-part by 10; for I-AutoRec it is the number of users.
+An iteration costs time in proportion to the observed entries (the encoder, and the decoder at the observed
+entries only: gathers of one table row per entry, in cache-sized blocks, `aerec.sparse_products`) plus parts in
+proportion to the parameters and to the rows, which the objective and full-batch Rprop require: the L2 penalty
+and the Rprop update touch every weight (2 x 500 x the input width) every iteration, and the codes are rows x 500.
+For U-AutoRec the input width is the catalogue, so a 10x catalogue means 10x the weights (2M to 20M; penalty and
+Rprop then take about 0.14 s per iteration, measured alone); for I-AutoRec the rows are the items, so the codes,
+their gradients and the gathered tables grow 10x.
 
 {environment_lines(record['environment'], record['load_average_at_end'])}"""
 

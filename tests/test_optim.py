@@ -48,6 +48,29 @@ def test_matches_climin_step_for_step(etas):
         np.testing.assert_allclose(param.detach().numpy(), expected, rtol=0, atol=1e-12)
 
 
+def test_chunked_update_of_a_column_major_weight_equals_the_whole_update(monkeypatch):
+    import aerec.optim
+
+    rng = np.random.default_rng(1)
+    target, start = rng.normal(size=(6, 50)), rng.normal(size=(6, 50))
+    start[2, :7] = target[2, :7]  # zero gradients
+    params = [torch.nn.Parameter(torch.tensor(start).t().contiguous().t()), torch.nn.Parameter(torch.tensor(start))]
+    optimizers = [CliminRprop([params[0]], lr=0.01), CliminRprop([params[1]], lr=0.01)]
+    calls = []
+    update = aerec.optim._rprop_update
+    monkeypatch.setattr(aerec.optim, "_rprop_update", lambda *args: (calls.append(args[0].numel()), update(*args)))
+    for _ in range(15):
+        for chunk, param, optimizer in zip((64, 2**30), params, optimizers):  # chunks of 64 entries, or one whole
+            monkeypatch.setattr(aerec.optim, "_CHUNK", chunk)
+            gradient = (param.detach() - torch.tensor(target)) * torch.tensor(np.sign(start))
+            param.grad = gradient.t().contiguous().t() if param.stride() == (1, 6) else gradient.contiguous()
+            optimizer.step()
+        torch.testing.assert_close(params[0].detach(), params[1].detach(), rtol=0, atol=0)
+    assert calls[:6] == [64, 64, 64, 64, 44, 300]  # the column-major weight went through 5 chunks
+    assert params[0].stride() == (1, 6)  # still column-major, updated through chunked views
+    assert not torch.equal(params[0].detach(), torch.tensor(start))
+
+
 def test_first_step_is_lr_and_steps_after_a_sign_change():
     param = torch.nn.Parameter(torch.tensor([0.0], dtype=torch.float64))
     optimizer = CliminRprop([param], lr=0.5, etas=(0.5, 1.2), step_sizes=(1e-6, 1.0))
