@@ -68,11 +68,21 @@ def test_multinomial_nll_of_a_sparse_x_equals_the_dense_value_and_gradient():
     for counts in (x, x.to_sparse()):
         logits = torch.randn(6, 9, dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
         value = multinomial_nll(logits, counts)
-        value.sum().backward()
+        (value * torch.arange(1.0, 7.0, dtype=F64)).sum().backward()  # a different weight per row
         grads.append((value.detach(), logits.grad))
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-12, atol=1e-12)
     assert grads[0][0][2] == 0.0
+
+
+def test_sparse_multinomial_nll_gradients_pass_gradcheck():
+    from aerec.core.losses import _SparseMultinomialNLL
+
+    generator = torch.Generator().manual_seed(3)
+    rows, cols = torch.tensor([0, 0, 1, 3, 3, 3]), torch.tensor([1, 4, 0, 2, 3, 4])
+    logits = torch.randn(4, 5, dtype=F64, generator=generator, requires_grad=True)
+    counts = torch.rand(6, dtype=F64, generator=generator).add_(0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z, c: _SparseMultinomialNLL.apply(z, rows, cols, c), (logits, counts))
 
 
 def test_multinomial_nll_of_bfloat16_logits_is_float32():

@@ -86,10 +86,36 @@ def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.layout == torch.sparse_coo:
         x = x.coalesce()
         (rows, cols), counts = x.indices(), x.values().to(logits.dtype)
+        return _SparseMultinomialNLL.apply(logits, rows, cols, counts)
+    return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1)
+
+
+class _SparseMultinomialNLL(torch.autograd.Function):
+    """Per row ``(sum_i x_i) logsumexp(logits) - sum_{stored i} x_i logits_i``, with a one-tensor backward.
+
+    The gradient, ``softmax(logits) * sum_i x_i - x``, is written into one dense tensor (autograd
+    through ``logsumexp`` and the gather makes three of the batch x catalogue size, which on an
+    ML-20M catalogue is 38 MiB each per 500 rows).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, counts):
         totals = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, counts)
         picked = torch.zeros_like(totals).index_add_(0, rows, counts * logits[rows, cols])
-        return totals * torch.logsumexp(logits, dim=-1) - picked
-    return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1)
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, lse, totals, rows, cols, counts)
+        return totals * lse - picked
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, lse, totals, rows, cols, counts = ctx.saved_tensors
+        grad_logits = grad_counts = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = torch.sub(logits, lse[:, None]).exp_().mul_((grad * totals)[:, None])
+            grad_logits.index_put_((rows, cols), -(grad[rows] * counts), accumulate=True)
+        if ctx.needs_input_grad[3]:
+            grad_counts = grad[rows] * (lse[rows] - logits[rows, cols])
+        return grad_logits, None, None, grad_counts
 
 
 def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
