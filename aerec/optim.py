@@ -84,8 +84,8 @@ class CliminRprop(torch.optim.Optimizer):
 
         The update is a dozen element-wise passes; over chunks of :data:`_CHUNK` entries they
         run in cache instead of streaming each full-size tensor through memory a dozen times
-        (1.5x faster on two 500 x 20,000 weights: 93 ms instead of 138 ms). Tensors whose memory layouts differ are
-        updated whole.
+        (1.5x faster on two 500 x 20,000 weights: 93 ms instead of 138 ms). Tensors whose
+        memory layouts differ are updated whole.
         """
         gradient = param.grad
         scratch = self._scratch.get(id(param))

@@ -94,9 +94,9 @@ def test_bad_shapes_are_named():
 
 
 def test_block_rows_follow_the_cache_budget_and_the_output_share():
-    from aerec.sparse_products import BLOCK_BYTES, block_rows_for
+    from aerec.sparse_products import block_rows_for
 
-    table = torch.empty(30_000, 500)  # 60 MB: 15 blocks of 4 MiB when the gather is long enough
-    assert block_rows_for(table, n_bags=2_000, nnz=3_000_000) == -(-30_000 // -(-30_000 * 2000 // BLOCK_BYTES))
+    table = torch.empty(30_000, 500)  # 60 MB: 15 blocks of 4 MiB (2,000 rows each) when the gather is long enough
+    assert block_rows_for(table, n_bags=2_000, nnz=3_000_000) == 2_000
     assert block_rows_for(table, n_bags=20_000, nnz=1_000_000) == 30_000  # 1 / 32 of 1M rows: one block
     assert block_rows_for(torch.empty(1_000, 500), n_bags=10, nnz=10**7) == 1_000  # fits: one block
