@@ -1,6 +1,8 @@
 """aerec: autoencoder recommenders with faithful offline evaluation."""
 
-__version__ = "0.1.0"
+from aerec._version import __version__
+
+__all__ = ["__version__", "load", "save"]
 
 
 def load(path, device=None):

@@ -3,9 +3,9 @@
 A checkpoint directory holds ``checkpoint.json`` and its tensor file (the
 format and atomic commit of :mod:`aerec.state`):
 
-- the module's weights and the optimizer's state;
-- torch's RNG state (CPU, and every CUDA device's when CUDA is in use) and the
-  numpy generator that orders the batches;
+- the module's weights and every phase's optimizer state;
+- the loop's torch generator (corruption, sampling) and the numpy generator
+  that orders the batches;
 - the epoch and update counters (Mult-VAE's KL anneal reads the update count);
 - the history so far, the best weights so far, and the validations since the best;
 - the *fingerprint* of the run that wrote it: settings, data shape, parameter
@@ -21,61 +21,62 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from aerec import __version__
+from aerec._version import __version__
 from aerec.state import ModuleWeights, StateFileError, read_state, write_state
+from aerec.training_state import History, LoopState
 
 KIND = "checkpoint"
-FORMAT, FORMAT_VERSION = "aerec-checkpoint", 1
+FORMAT, FORMAT_VERSION = "aerec-checkpoint", 2  # 2: phases (a list of optimizers), the loop's own generator
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint from a run with other settings, data or model than the one asked to resume it."""
 
 
-def save_checkpoint(path: str | os.PathLike, fingerprint: dict, module, optimizer, rng: np.random.Generator,
-                    state, history, best_weights, since_best: int) -> None:
-    """Commit the training state to ``path`` (the previous checkpoint there stays valid until the commit)."""
+def save_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: LoopState) -> None:
+    """Commit the loop's state to ``path`` (the previous checkpoint there stays valid until the commit)."""
+    training, history = loop.training, loop.history
     snapshot = {
-        "module": module, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy_rng": rng.bit_generator.state, "state": state, "history": history,
-        "best_weights": best_weights, "since_best": since_best,
+        "module": module, "optimizers": [optimizer.state_dict() for optimizer in loop.optimizers],
+        "generator": training.generator.get_state(), "numpy_rng": loop.rng.bit_generator.state,
+        "counters": {"epoch": training.epoch, "update": training.update}, "history": history,
+        "best_weights": loop.best_weights, "since_best": loop.since_best,
     }
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "aerec_version": __version__,
-              "epochs_done": len(history.epochs), "updates": state.update, "fingerprint": fingerprint}
+              "epochs_done": len(history.epochs), "updates": training.update, "fingerprint": fingerprint}
     write_state(path, KIND, header, snapshot)
 
 
-def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, optimizer, rng: np.random.Generator):
-    """Restore module, optimizer and RNGs from ``path``; return ``(state, history, best_weights, since_best)``.
+def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: LoopState) -> bool:
+    """Restore the module and fill ``loop`` (its optimizers and generators already built) from ``path``.
 
-    None when ``path`` holds no checkpoint yet (a first run with ``resume`` simply starts).
+    False when ``path`` holds no checkpoint yet (a first run with ``resume`` simply starts).
     """
-    from aerec.training import History, TrainingState
-
     if not (Path(path) / f"{KIND}.json").is_file():
-        return None
+        return False
     document, snapshot = read_state(path, KIND, {"format": FORMAT, "format_version": FORMAT_VERSION},
-                                    {"History": History, "TrainingState": TrainingState})
+                                    {"History": History})
     check_fingerprint(path, normalised(document.get("fingerprint")), normalised(fingerprint))
     try:
         if not isinstance(snapshot["module"], ModuleWeights):
             raise TypeError("no module weights")
+        if not isinstance(snapshot["history"], History):
+            raise TypeError("a history of the wrong kind")
+        if len(snapshot["optimizers"]) != len(loop.optimizers):
+            raise ValueError(f"{len(snapshot['optimizers'])} optimizer states for {len(loop.optimizers)} phases")
         module.load_state_dict(snapshot["module"].state_dict)
-        optimizer.load_state_dict(snapshot["optimizer"])
-        match_parameter_layout(optimizer)
-        torch.set_rng_state(snapshot["torch_rng"])
-        if snapshot["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(snapshot["cuda_rng"])
-        rng.bit_generator.state = snapshot["numpy_rng"]
-        best = snapshot["best_weights"]
-        state, history = snapshot["state"], snapshot["history"]
-        if not isinstance(state, TrainingState) or not isinstance(history, History):
-            raise TypeError("state and history of the wrong kind")
-        return state, history, best, int(snapshot["since_best"])
+        for optimizer, saved in zip(loop.optimizers, snapshot["optimizers"]):
+            optimizer.load_state_dict(saved)
+            match_parameter_layout(optimizer)
+        loop.training.generator.set_state(snapshot["generator"])
+        loop.rng.bit_generator.state = snapshot["numpy_rng"]
+        counters = snapshot["counters"]
+        loop.training.epoch, loop.training.update = int(counters["epoch"]), int(counters["update"])
+        loop.history, loop.best_weights = snapshot["history"], snapshot["best_weights"]
+        loop.since_best = int(snapshot["since_best"])
+        return True
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise StateFileError(f"{path}/{KIND}.json cannot be resumed: {' '.join(str(exc).split())[:500]}") from exc
 

@@ -1,90 +1,67 @@
 """The one training loop every aerec model uses.
 
-A model supplies an ``nn.Module`` and a ``step_loss(module, batch, state)``
-function that returns a dict of scalar tensors with the key ``"loss"`` (what
-is minimised) and any other terms worth logging. The loop owns everything
-else: the device, row batches of the CSR (or dense array), the optimizer, the
-seed, per-epoch history, early stopping on a validation metric with the best
-weights restored, a progress bar on stderr, and a clear error on a NaN/inf
-loss, and checkpoints: with ``TrainConfig.checkpoint`` the whole training state
-(weights, optimizer state, RNG states, epoch and update counters, history, the
-best weights so far) is committed atomically every N epochs and at the end, and
-a run started again with ``resume`` continues from the last commit to the same
-result as an uninterrupted run (:mod:`aerec.checkpoint`). It reads top to bottom
-(nanoGPT's habit).
+A model supplies an ``nn.Module`` and a loss, ``batch_loss(module, batch, state)``,
+that returns a dict of scalar tensors with the key ``"loss"`` (what is minimised)
+and any other terms worth logging; it draws any randomness from
+``state.generator``. The loop owns everything else, and reads top to bottom
+(nanoGPT's habit):
+
+- the device, row batches of the CSR (or dense array), the seed;
+- *phases*: one optimizer per group of parameters and a schedule of which group
+  is trained in which epoch (:class:`~aerec.training_state.Phase`; one phase
+  over every parameter by default), so that RecVAE's alternating encoder and
+  decoder epochs or layer-wise pretraining need no special loop;
+- the per-epoch history; validation by a metric (``validation_metric``) with the
+  best weights restored; early stopping (``patience``); a wall-clock budget
+  (``max_seconds``); *callbacks* that see each epoch's record and may stop
+  training (a tuner's pruner); a progress bar on stderr; a clear error on a
+  NaN/inf loss;
+- checkpoints: with ``TrainConfig.checkpoint`` the whole loop state (weights,
+  every optimizer's state, the random generators, epoch and update counters,
+  history, the best weights so far) is committed atomically every N epochs and
+  at the end, and a run started again with ``resume`` continues from the last
+  commit to the same result as an uninterrupted run (:mod:`aerec.checkpoint`);
+- warm starts: given the :class:`~aerec.training_state.LoopState` of an earlier
+  call, training continues from its weights, optimizer states and generators,
+  so that ``epochs=1`` repeated is bit for bit one longer run.
+
+The loop knows no model class.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from aerec._torch import resolve_device
+from aerec.checkpoint import load_checkpoint, save_checkpoint
 from aerec.data.batching import RowBatch, RowSource
 from aerec.distributed import LOSS_REDUCTIONS, data_parallel_step_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
+from aerec.params import SEED, Interval, Options, check
+from aerec.training_state import Checkpointing, History, LoopState, Phase, TrainingState
+
+__all__ = ["Checkpointing", "History", "LoopState", "NonFiniteLossError", "OPTIMIZERS", "PRECISIONS", "Phase",
+           "TrainConfig", "TrainingState", "train"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs")
 PRECISIONS = ("fp32", "bf16")
-StepLoss = Callable[[torch.nn.Module, RowBatch, "TrainingState"], dict]
+BatchLoss = Callable[[torch.nn.Module, RowBatch, TrainingState], dict]
+#: A callback sees each epoch's record and the history; a true return value stops training after that epoch.
+Callback = Callable[[dict, History], "bool | None"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; it stops before the weights are spoiled further."""
-
-
-@dataclass
-class TrainingState:
-    """Counters a loss may depend on (the KL anneal reads ``update``)."""
-
-    epoch: int = 0
-    update: int = 0
-
-
-@dataclass
-class History:
-    """Per-epoch records (loss terms, validation metric, seconds) and the early-stopping outcome."""
-
-    epochs: list = field(default_factory=list)
-    updates: int = 0
-    best_epoch: int | None = None
-    best_validation: float | None = None
-    stopped_early: bool = False
-
-    def column(self, name: str) -> list:
-        return [record.get(name) for record in self.epochs]
-
-
-@dataclass
-class Checkpointing:
-    """Where and how often :func:`train` commits its whole state, and whether it resumes from there.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        A directory (created when needed) for ``checkpoint.json`` and its tensor file.
-    every : int
-        Commit every this many epochs, and always after the last one (or an early stop).
-    resume : bool
-        Continue from the checkpoint in ``path`` when there is one (a fresh start when there is none).
-        A checkpoint written by a run with other settings or data is refused, never silently mixed in.
-    tag : dict
-        JSON-like values that must match for a resume (models put their class and hyper-parameters here).
-    """
-
-    path: str | os.PathLike
-    every: int = 1
-    resume: bool = False
-    tag: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -94,35 +71,40 @@ class TrainConfig:
     Parameters
     ----------
     epochs : int
-        Maximum number of passes over the rows.
+        Maximum number of epochs (with a warm start: epochs added to those already run).
     batch_size : int or None
         Rows per batch; None trains full-batch (one batch of all rows, as AutoRec's Rprop / L-BFGS).
     optimizer : {"adam", "adamw", "sgd", "rprop", "climin_rprop", "lbfgs"}
-        "rprop" is torch's (iRprop-), "climin_rprop" climin's (:class:`aerec.optim.CliminRprop`,
-        AutoRec's reference). "lbfgs" is full-batch by nature: each epoch is one L-BFGS step whose closure sums all batches.
+        The phases' optimizer unless a phase names its own. "rprop" is torch's (iRprop-),
+        "climin_rprop" climin's (:class:`aerec.optim.CliminRprop`, AutoRec's reference).
+        "lbfgs" is full-batch by nature: each pass is one L-BFGS step whose closure sums all batches.
     lr, weight_decay : float
         Passed to the optimizer (weight_decay is torch's, not a paper's penalty: leave it 0 and put
-        penalties in ``step_loss`` to match a paper).
+        penalties in the loss to match a paper).
     seed : int
-        Seeds torch's global RNG (initialisation, corruption, sampling) and the batch order.
+        Seeds the loop's random generator (``state.generator``: corruption, sampling) and the
+        batch order. Torch's global generator is neither read nor changed.
     device : str
         "auto" (CUDA when present), "cpu", "cuda".
     patience : int or None
         Stop after this many validations without improvement (None: run all epochs, still
-        restoring the best weights when there is a validation function).
+        restoring the best weights when there is a validation metric).
     validate_every : int
-        Validate every this many epochs (and after the last).
+        Compute the validation metric every this many epochs (and after the last).
     shuffle : bool
-        Permute the rows every epoch.
+        Permute the rows every pass.
     progress : bool
         Show a tqdm bar on stderr.
+    max_seconds : float or None
+        A wall-clock budget for this call: training ends after the epoch during which it ran
+        out, the best weights kept and ``history.stop_reason == "max_seconds"``.
     checkpoint : Checkpointing, optional
         Commit the training state every ``checkpoint.every`` epochs and resume from it (see :class:`Checkpointing`).
     loss_reduction : {"mean", "sum"}
-        Whether ``step_loss`` is a mean over the batch's rows or a sum (AutoRec); it tells
+        Whether the loss is a mean over the batch's rows or a sum (AutoRec); it tells
         distributed training how to weight each process's share (:mod:`aerec.distributed`).
     precision : {"fp32", "bf16"}
-        "bf16" runs ``step_loss`` under ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
+        "bf16" runs the loss under ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
         matrix products in bfloat16, weights, gradients and optimizer state in float32). Worth it
         on GPUs and on CPUs with bfloat16 units (AVX512-BF16, AMX); elsewhere slower.
     """
@@ -140,40 +122,41 @@ class TrainConfig:
     progress: bool = True
     precision: str = "fp32"
     loss_reduction: str = "mean"
+    max_seconds: float | None = None
     checkpoint: Checkpointing | None = None
 
-    def validate(self) -> None:
+    def check(self) -> None:
+        """Raise a ValueError naming the first setting out of its range."""
+        positive = Interval(int, 1, None)
         for name in ("epochs", "validate_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected an integer >= 1")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1):
-            raise ValueError(f"batch_size={self.batch_size!r}; expected an integer >= 1 or None (full batch)")
-        if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
-            raise ValueError(f"patience={self.patience!r}; expected an integer >= 1 or None")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"loss_reduction={self.loss_reduction!r}; expected one of {LOSS_REDUCTIONS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr!r}; expected a positive number")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay={self.weight_decay!r}; expected a number >= 0")
+            check(name, getattr(self, name), positive)
+        check("batch_size", self.batch_size, positive, None)
+        check("patience", self.patience, positive, None)
+        check("seed", self.seed, SEED)
+        check("optimizer", self.optimizer, Options(*OPTIMIZERS))
+        check("loss_reduction", self.loss_reduction, Options(*LOSS_REDUCTIONS))
+        check("precision", self.precision, Options(*PRECISIONS))
+        check("lr", self.lr, Interval(float, 0, None, closed="neither"))
+        check("weight_decay", self.weight_decay, Interval(float, 0, None))
+        check("max_seconds", self.max_seconds, Interval(float, 0, None, closed="neither"), None)
         if self.weight_decay and self.optimizer in ("rprop", "climin_rprop", "lbfgs"):
             raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; "
                              "Rprop and L-BFGS take none: put the penalty in the loss")
         if self.checkpoint is not None:
-            every = self.checkpoint.every
-            if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-                raise ValueError(f"checkpoint every={every!r}; expected an integer >= 1")
+            check("checkpoint every", self.checkpoint.every, positive)
         resolve_device(self.device)
 
+    def validate(self) -> None:
+        """Deprecated name of :meth:`check` ("validate" means validation data in aerec)."""
+        warnings.warn("TrainConfig.validate() is renamed check(); validate() goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        self.check()
 
-def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfig,
-          validate: Callable[[torch.nn.Module], float] | None = None, maximize: bool = True,
-          rows: np.ndarray | None = None, on_epoch_end: Sequence[Callable] = (), desc: str = "training") -> History:
+
+def train(module: torch.nn.Module, data, batch_loss: BatchLoss, config: TrainConfig,
+          validation_metric: Callable[[torch.nn.Module], float] | None = None, maximize: bool = True,
+          rows: np.ndarray | None = None, phases: Sequence[Phase] | None = None, callbacks: Sequence[Callback] = (),
+          state: LoopState | None = None, desc: str = "training", validate=None) -> History:
     """Train ``module`` in place on the rows of ``data`` and return the :class:`History`.
 
     Parameters
@@ -182,82 +165,164 @@ def train(module: torch.nn.Module, data, step_loss: StepLoss, config: TrainConfi
         Moved to the configured device.
     data : csr_matrix or ndarray
         The rows to train on (users x items, or items x users for I-AutoRec).
-    step_loss : callable
-        ``step_loss(module, batch, state) -> {"loss": tensor, other terms...}`` for one batch.
+    batch_loss : callable
+        ``batch_loss(module, batch, state) -> {"loss": tensor, other terms...}`` for one batch.
     config : TrainConfig
-    validate : callable, optional
-        ``validate(module) -> float`` (run under ``no_grad`` in eval mode); with it the best
+    validation_metric : callable, optional
+        ``validation_metric(module) -> float`` (run under ``no_grad`` in eval mode); with it the best
         weights are kept and restored at the end.
     maximize : bool
         Whether a larger validation value is better (NDCG: yes; RMSE: no).
     rows : ndarray, optional
         Train on these rows only.
-    on_epoch_end : sequence of callables
-        Each called as ``fn(state, module, optimizer, record)`` after every epoch (checkpoints hook here).
+    phases : sequence of Phase, optional
+        Parameter groups, their optimizers and schedule; default one phase over every parameter.
+    callbacks : sequence of callables
+        Each called as ``callback(record, history)`` after every epoch; a true return value stops training.
+    state : LoopState, optional
+        Filled by this call; pass the same object again to continue (a warm start: ``config.epochs`` more).
+    validate : callable, optional
+        Deprecated name of ``validation_metric``.
     """
-    config.validate()
+    if validate is not None:
+        warnings.warn("train(validate=...) is renamed validation_metric=; validate= goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        validation_metric = validate
+    config.check()
+    phases = check_phases(phases)
     rank, world = rank_and_world()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)  # the same on every rank: one global batch order
     module.to(device)
-    optimizer = make_optimizer(module, config)
-    loss_fn = with_precision(step_loss, device, config.precision)
+    loop = state if state is not None else LoopState()
+    warm = loop.started
+    if warm:
+        continue_from(module, loop)
+    else:
+        loop.training = TrainingState(generator=torch.Generator(device=device).manual_seed(int(config.seed)))
+        loop.rng = np.random.default_rng(config.seed)  # the same on every rank: one global batch order
+        loop.optimizers = [make_optimizer(phase_parameters(module, phase), phase.optimizer or config.optimizer,
+                                          config.lr if phase.lr is None else phase.lr, config.weight_decay)
+                           for phase in phases]
+    loss_fn = with_precision(batch_loss, device, config.precision)
     loss_fn = data_parallel_step_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
-    state, history = TrainingState(), History()
-    best_weights, since_best = None, 0
-    fingerprint = checkpoint_fingerprint(config, module, source, rows)
-    if config.checkpoint is not None and config.checkpoint.resume:
-        from aerec.checkpoint import load_checkpoint  # checkpoint imports this module's dataclasses
-
-        resumed = load_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng)
-        if resumed is not None:
-            state, history, best_weights, since_best = resumed
-    start = len(history.epochs) if not history.stopped_early else config.epochs
-    bar = tqdm(range(start, config.epochs), desc=desc, file=sys.stderr, disable=not config.progress, leave=False,
-               initial=start, total=config.epochs)
+    fingerprint = checkpoint_fingerprint(config, module, source, rows, phases)
+    if config.checkpoint is not None and config.checkpoint.resume and not warm:
+        load_checkpoint(config.checkpoint.path, fingerprint, module, loop)
+    history, training = loop.history, loop.training
+    start = len(history.epochs)
+    if warm:
+        end, history.stopped_early, history.stop_reason = start + config.epochs, False, None
+    else:
+        end = start if history.stopped_early else max(config.epochs, start)  # a patience stop is final
+    began = time.perf_counter()
+    bar = tqdm(range(start, end), desc=desc, file=sys.stderr, disable=not config.progress, leave=False,
+               initial=start, total=end)
     for epoch in bar:
-        state.epoch = epoch
+        training.epoch = epoch
         started = time.perf_counter()
         module.train()
-        batches = rank_batches(source, config, rng, rows, rank, world)
-        terms = run_epoch(module, batches, loss_fn, optimizer, state, config.optimizer == "lbfgs")
-        record = {"epoch": epoch + 1, **terms, "seconds": time.perf_counter() - started}
-        if validate is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-            record["validation"] = run_validation(module, validate)
+        record = {"epoch": epoch + 1}
+        active = [(phase, optimizer) for phase, optimizer in zip(phases, loop.optimizers) if phase.active(epoch)]
+        for phase, optimizer in active:
+            training.phase = phase.name
+            if phase.before is not None:
+                phase.before(module, training)
+            for _ in range(phase.passes):
+                batches = rank_batches(source, config, loop.rng, rows, rank, world)
+                terms = run_epoch(module, batches, loss_fn, optimizer, training, isinstance(optimizer, LBFGS))
+            if phase.after is not None:
+                phase.after(optimizer, training)
+            if len(phases) > 1:
+                record.update({f"{phase.name}_{name}": value for name, value in terms.items()})
+            record.update(terms)
+        record["seconds"] = time.perf_counter() - started
+        if validation_metric is not None and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == end):
+            record["validation"] = run_validation(module, validation_metric)
             if improved(record["validation"], history.best_validation, maximize):
                 history.best_epoch, history.best_validation = epoch + 1, record["validation"]
-                best_weights, since_best = copy.deepcopy(module.state_dict()), 0
+                loop.best_weights, loop.since_best = copy.deepcopy(module.state_dict()), 0
             else:
-                since_best += 1
+                loop.since_best += 1
         history.epochs.append(record)
+        history.updates = training.update
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "validation")})
-        for callback in on_epoch_end:
-            callback(state, module, optimizer, record)
-        history.updates = state.update
-        history.stopped_early = config.patience is not None and since_best >= config.patience
-        last = history.stopped_early or epoch + 1 == config.epochs
+        reason = stop_reason(config, loop, record, callbacks, began)
+        history.stopped_early = reason == "patience"
+        last = reason is not None or epoch + 1 == end
+        if last:
+            history.stop_reason = reason or "epochs"
         if config.checkpoint is not None and rank == 0 and (last or (epoch + 1) % config.checkpoint.every == 0):
-            from aerec.checkpoint import save_checkpoint
-
-            save_checkpoint(config.checkpoint.path, fingerprint, module, optimizer, rng, state, history,
-                            best_weights, since_best)
-        if history.stopped_early:
+            save_checkpoint(config.checkpoint.path, fingerprint, module, loop)
+        if reason is not None:
             break
     bar.close()
-    if best_weights is not None:
-        module.load_state_dict(best_weights)
-    module.eval()
+    finish(module, loop)
     return history
 
 
-def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows) -> dict:
-    """What a checkpoint must agree on to be resumed: settings, data shape, parameter shapes, the caller's tag.
+def stop_reason(config: TrainConfig, loop: LoopState, record: dict, callbacks, began: float) -> str | None:
+    """Why training stops after this epoch (patience, a callback, the time budget), or None to go on.
 
-    The epoch count, device and progress bar may change between the runs (training longer is a resume too).
+    Every callback sees every epoch, also when an earlier one asked to stop.
+    """
+    asked = [bool(callback(record, loop.history)) for callback in callbacks]
+    if config.patience is not None and loop.since_best >= config.patience:
+        return "patience"
+    if any(asked):
+        return "callback"
+    if config.max_seconds is not None and time.perf_counter() - began >= config.max_seconds:
+        return "max_seconds"
+    return None
+
+
+def continue_from(module: torch.nn.Module, loop: LoopState) -> None:
+    """A warm start: the module's weights (the best epoch's) become the best so far; the last epoch's go back in."""
+    if loop.history.best_epoch is not None:
+        loop.best_weights = copy.deepcopy(module.state_dict())
+    if loop.last_weights is not None:
+        module.load_state_dict(loop.last_weights)
+        loop.last_weights = None
+
+
+def finish(module: torch.nn.Module, loop: LoopState) -> None:
+    """Load the best validation epoch's weights, keeping the last epoch's for a warm start when they differ."""
+    history = loop.history
+    if loop.best_weights is not None and history.best_epoch != len(history.epochs):
+        loop.last_weights = copy.deepcopy(module.state_dict())
+        module.load_state_dict(loop.best_weights)
+    loop.best_weights = None  # the module holds them now
+    module.eval()
+
+
+def check_phases(phases: Sequence[Phase] | None) -> list[Phase]:
+    phases = [Phase()] if phases is None else list(phases)
+    if not phases or not all(isinstance(phase, Phase) for phase in phases):
+        raise ValueError(f"phases={phases!r}; expected a non-empty sequence of aerec.training.Phase")
+    names = [phase.name for phase in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase names {names}; expected each name once")
+    for phase in phases:
+        check(f"phase {phase.name!r} passes", phase.passes, Interval(int, 1, None))
+        check(f"phase {phase.name!r} optimizer", phase.optimizer, Options(*OPTIMIZERS), None)
+        check(f"phase {phase.name!r} lr", phase.lr, Interval(float, 0, None, closed="neither"), None)
+    return phases
+
+
+def phase_parameters(module: torch.nn.Module, phase: Phase) -> list[torch.Tensor]:
+    chosen = module.parameters() if phase.parameters is None else phase.parameters(module)
+    params = [p for p in chosen if p.requires_grad]
+    if not params:
+        raise ValueError(f"phase {phase.name!r} of {type(module).__name__} has no trainable parameters")
+    return params
+
+
+def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows, phases: Sequence[Phase]) -> dict:
+    """What a checkpoint must agree on to be resumed: settings, data shape, parameter shapes, phases, the caller's tag.
+
+    The epoch count, device, progress bar and time budget may change between the runs (training longer is a resume too).
     """
     settings = {name: getattr(config, name) for name in ("batch_size", "optimizer", "lr", "weight_decay", "seed",
                                                          "patience", "validate_every", "shuffle", "precision",
@@ -265,12 +330,13 @@ def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows)
     return {"settings": settings, "data": {"shape": list(source.shape), "nnz": source.nnz,
                                            "rows": None if rows is None else int(len(rows))},
             "parameters": {name: list(p.shape) for name, p in module.named_parameters()},
+            "phases": [[phase.name, phase.passes, phase.optimizer, phase.lr, list(phase.epochs)] for phase in phases],
             "tag": config.checkpoint.tag if config.checkpoint is not None else {}}
 
 
-def single_process(step_loss: StepLoss):
-    """``step_loss`` with the distributed signature ``(module, batch, state, weight)``; one process weighs 1."""
-    return lambda module, batch, state, weight: step_loss(module, batch, state)
+def single_process(batch_loss: BatchLoss):
+    """``batch_loss`` with the distributed signature ``(module, batch, state, weight)``; one process weighs 1."""
+    return lambda module, batch, state, weight: batch_loss(module, batch, state)
 
 
 def rank_batches(source: RowSource, config: TrainConfig, rng, rows, rank: int, world: int):
@@ -285,27 +351,27 @@ def rank_batches(source: RowSource, config: TrainConfig, rng, rows, rank: int, w
         yield source.batch(share), weight
 
 
-def with_precision(step_loss: StepLoss, device: torch.device, precision: str) -> StepLoss:
-    """``step_loss`` run under bfloat16 autocast for "bf16" (the forward pass only: backward and step stay outside)."""
+def with_precision(batch_loss: BatchLoss, device: torch.device, precision: str) -> BatchLoss:
+    """``batch_loss`` run under bfloat16 autocast for "bf16" (the forward pass only: backward and step stay outside)."""
     if precision == "fp32":
-        return step_loss
+        return batch_loss
 
-    def autocast_step_loss(module, batch, state):
+    def autocast_batch_loss(module, batch, state):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return step_loss(module, batch, state)
+            return batch_loss(module, batch, state)
 
-    return autocast_step_loss
+    return autocast_batch_loss
 
 
-def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingState, full_batch_closure: bool) -> dict:
+def run_epoch(module, batches, batch_loss: BatchLoss, optimizer, state: TrainingState, full_batch_closure: bool) -> dict:
     """One pass; returns the mean of each loss term over the batches."""
     if full_batch_closure:
-        return lbfgs_epoch(module, list(batches), step_loss, optimizer, state)
+        return lbfgs_epoch(module, list(batches), batch_loss, optimizer, state)
     sums: dict[str, float] = {}
     n_batches = 0
     for batch, weight in batches:
-        optimizer.zero_grad(set_to_none=True)
-        terms = step_loss(module, batch, state, weight)
+        module.zero_grad(set_to_none=True)
+        terms = batch_loss(module, batch, state, weight)
         check_finite(terms, state)
         terms["loss"].backward()
         optimizer.step()
@@ -316,7 +382,7 @@ def run_epoch(module, batches, step_loss: StepLoss, optimizer, state: TrainingSt
     return {name: total / max(n_batches, 1) for name, total in sums.items()}
 
 
-def lbfgs_epoch(module, batches: list, step_loss: StepLoss, optimizer, state: TrainingState) -> dict:
+def lbfgs_epoch(module, batches: list, batch_loss: BatchLoss, optimizer, state: TrainingState) -> dict:
     """One full-batch L-BFGS step: the closure sums the loss terms over every batch.
 
     The line search evaluates the closure several times; the terms recorded are those of
@@ -326,10 +392,10 @@ def lbfgs_epoch(module, batches: list, step_loss: StepLoss, optimizer, state: Tr
     evaluations: list[dict[str, float]] = []
 
     def closure():
-        optimizer.zero_grad(set_to_none=True)
+        module.zero_grad(set_to_none=True)
         total, sums = None, {}
         for batch, weight in batches:
-            terms = step_loss(module, batch, state, weight)
+            terms = batch_loss(module, batch, state, weight)
             check_finite(terms, state)
             terms["loss"].backward()
             total = terms["loss"].detach() if total is None else total + terms["loss"].detach()
@@ -345,7 +411,7 @@ def lbfgs_epoch(module, batches: list, step_loss: StepLoss, optimizer, state: Tr
 
 def check_finite(terms: dict, state: TrainingState) -> None:
     if "loss" not in terms:
-        raise ValueError(f"step_loss must return a dict with a 'loss' entry, got keys {sorted(terms)}")
+        raise ValueError(f"the loss must return a dict with a 'loss' entry, got keys {sorted(terms)}")
     loss = float(terms["loss"].detach())
     if not math.isfinite(loss):
         shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in terms.items())
@@ -355,10 +421,10 @@ def check_finite(terms: dict, state: TrainingState) -> None:
         )
 
 
-def run_validation(module, validate) -> float:
+def run_validation(module, validation_metric) -> float:
     module.eval()
     with torch.no_grad():
-        value = float(validate(module))
+        value = float(validation_metric(module))
     module.train()
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the validation metric is {value}; expected a finite number")
@@ -371,20 +437,18 @@ def improved(value: float, best: float | None, maximize: bool) -> bool:
     return value > best if maximize else value < best
 
 
-def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(module).__name__} has no trainable parameters")
-    if config.optimizer in ("adam", "adamw"):
+def make_optimizer(params: list, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``params``."""
+    if name in ("adam", "adamw"):
         # the fused kernel (one pass over each tensor; 5x faster than the per-op loop on CPU) where torch has one
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
-        adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        return adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "rprop":
-        return torch.optim.Rprop(params, lr=config.lr)
-    if config.optimizer == "climin_rprop":
-        return CliminRprop(params, lr=config.lr)
-    # one iteration per epoch; max_eval must leave the line search room (torch's default, 1.25 x max_iter, stalls it)
-    return LBFGS(params, lr=config.lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")
+        adam = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "rprop":
+        return torch.optim.Rprop(params, lr=lr)
+    if name == "climin_rprop":
+        return CliminRprop(params, lr=lr)
+    # one iteration per pass; max_eval must leave the line search room (torch's default, 1.25 x max_iter, stalls it)
+    return LBFGS(params, lr=lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")

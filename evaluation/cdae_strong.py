@@ -52,9 +52,9 @@ FIXED = {"lr": 1e-2, "batch_size": 64, "epochs": 150, "patience": 5, "validate_e
 # everywhere, K = 50 was far behind on ml-latest-small's ~5,700 items (and K = 400 no better than 200), and
 # more negatives helped there. The ml-latest-small grid is smaller to keep the run near 15 minutes.
 GRIDS = {
-    "ml-100k": [{"hidden_size": k, "negative_sampling": ns, "negative_ratio": 5.0, "l2": 1e-4}
+    "ml-100k": [{"hidden": k, "negative_sampling": ns, "negative_ratio": 5.0, "l2": 1e-4}
                 for k in (50, 200) for ns in ("proportional", None)],
-    "ml-latest-small": [{"hidden_size": 200, "negative_sampling": ns, "negative_ratio": 10.0, "l2": 1e-4}
+    "ml-latest-small": [{"hidden": 200, "negative_sampling": ns, "negative_ratio": 10.0, "l2": 1e-4}
                         for ns in ("proportional", None)],
 }
 
@@ -134,7 +134,7 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 def params_text(params: dict) -> str:
     negatives = f"{params['negative_ratio']:g}/positive" if params["negative_sampling"] == "proportional" else "all"
-    return f"K={params['hidden_size']}, negatives {negatives}, λ={params['l2']:g}"
+    return f"K={params['hidden']}, negatives {negatives}, λ={params['l2']:g}"
 
 
 def verdicts(dataset: str, stats: dict) -> dict:

@@ -20,7 +20,7 @@ def build(name: str):
 
     if name == "cdae":  # plain SGD, deterministic loss: also sensitive to the loss's overall scale
         rows = random_implicit_csr(n_users=90, n_items=40, density=0.2, seed=5)
-        return CDAE(hidden_size=8, corruption=0.0, negative_sampling=None, l2=1e-3, epochs=3, batch_size=25, lr=0.5,
+        return CDAE(hidden=8, corruption=0.0, negative_sampling=None, l2=1e-3, epochs=3, batch_size=25, lr=0.5,
                     optimizer="sgd", seed=0, device="cpu"), rows
     if name == "mult_dae":
         rows = random_implicit_csr(n_users=90, n_items=40, density=0.2, seed=3)

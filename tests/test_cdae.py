@@ -11,13 +11,14 @@ import torch
 
 import aerec.models.cdae as cdae_module
 from aerec.data import per_user_holdout, strong_generalization
+from aerec.training import TrainingState
 from aerec.data.batching import RowBatch
 from aerec.evaluation import evaluate_ranking
 from aerec.models import Popularity
 from aerec.models.cdae import CDAE, CDAENet, sample_negatives
 from tests.conftest import random_implicit_csr
 
-FAST = {"hidden_size": 8, "epochs": 5, "batch_size": 16, "lr": 1e-2, "fold_in_steps": 10, "device": "cpu"}
+FAST = {"hidden": 8, "epochs": 5, "batch_size": 16, "lr": 1e-2, "fold_in_steps": 10, "device": "cpu"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,7 +69,7 @@ def test_the_network_has_one_learned_vector_per_training_user(fitted, train):
 def test_training_looks_up_the_batch_users_vectors(train):
     """The row index of a batch is the user id whose V_u enters the hidden layer."""
     torch.manual_seed(0)
-    net = CDAENet(n_users=4, n_items=5, hidden_size=3, corruption=0.0, hidden_activation="sigmoid").eval()
+    net = CDAENet(n_users=4, n_items=5, hidden=3, corruption=0.0, hidden_activation="sigmoid").eval()
     x = torch.eye(5)[:2]
     with torch.no_grad():
         net.user_embedding.weight.copy_(torch.arange(12.0).reshape(4, 3) / 10)
@@ -158,22 +159,22 @@ def test_the_fold_in_objective_is_the_expectation_of_the_sampled_loss():
     assert CDAE(negative_sampling=None).expected_weights(observed).eq(1).all()
 
 
-def test_step_loss_equals_the_papers_objective_on_a_tiny_network(monkeypatch):
+def test_batch_loss_equals_the_papers_objective_on_a_tiny_network(monkeypatch):
     """Two users, three items, K = 1: the batch loss by hand, with the sampled negatives fixed."""
     rows = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 1]], dtype=np.float32))
     sampled = torch.tensor([[False, False, True], [True, False, False]])
     monkeypatch.setattr(cdae_module, "sample_negatives", lambda observed, counts, generator=None: sampled)
     lam = 0.1
-    model = CDAE(hidden_size=1, corruption=0.0, l2=lam, negative_ratio=1.0)
+    model = CDAE(hidden=1, corruption=0.0, l2=lam, negative_ratio=1.0)
     model.n_train_users_ = 2
-    net = CDAENet(n_users=2, n_items=3, hidden_size=1, corruption=0.0, hidden_activation="sigmoid")
+    net = CDAENet(n_users=2, n_items=3, hidden=1, corruption=0.0, hidden_activation="sigmoid")
     with torch.no_grad():
         net.encoder.weight.copy_(torch.tensor([[1.0, 0.0, -1.0]]))  # W^T
         net.encoder.bias.fill_(0.0)
         net.user_embedding.weight.copy_(torch.tensor([[0.5], [-0.5]]))
         net.decoder.weight.copy_(torch.tensor([[1.0], [2.0], [-1.0]]))  # W'
         net.decoder.bias.copy_(torch.tensor([0.0, 0.1, 0.0]))
-    terms = model._step_loss(net, RowBatch(np.array([0, 1]), rows), state=None)
+    terms = model.batch_loss(net, RowBatch(np.array([0, 1]), rows), TrainingState())
     sigma = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     z0, z1 = sigma(1.0 + 0.5), sigma(-1.0 - 0.5)
     out0, out1 = (z0, 2 * z0 + 0.1, -z0), (z1, 2 * z1 + 0.1, -z1)
@@ -186,7 +187,7 @@ def test_step_loss_equals_the_papers_objective_on_a_tiny_network(monkeypatch):
 
 
 def test_unsampled_negatives_get_no_gradient(train, monkeypatch):
-    model = CDAE(hidden_size=4, l2=0.0, negative_ratio=0.5)
+    model = CDAE(hidden=4, l2=0.0, negative_ratio=0.5)
     model.n_train_users_ = train.shape[0]
     torch.manual_seed(0)
     net = CDAENet(train.shape[0], train.shape[1], 4, 0.2, "sigmoid")
@@ -198,7 +199,7 @@ def test_unsampled_negatives_get_no_gradient(train, monkeypatch):
 
     monkeypatch.setattr(cdae_module, "sample_negatives", recording)
     rows = train[:3]
-    model._step_loss(net, RowBatch(np.arange(3), rows), state=None)["loss"].backward()
+    model.batch_loss(net, RowBatch(np.arange(3), rows), TrainingState())["loss"].backward()
     counted = (torch.tensor(rows.toarray() > 0) | drawn[0]).any(dim=0)
     assert 0 < int(counted.sum()) < train.shape[1]
     assert (net.decoder.bias.grad[~counted] == 0).all() and (net.decoder.bias.grad[counted] != 0).all()
@@ -299,9 +300,9 @@ def test_fold_in_of_training_users_rows_is_not_worse_than_a_zero_user_vector(ml1
 
 # -- bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("params, message", [
-    ({"hidden_size": 0}, "hidden_size=0; expected a positive integer"),
-    ({"corruption": 1.0}, r"corruption=1.0; expected a dropout probability in \[0, 1\)"),
-    ({"l2": -1.0}, "l2=-1.0; expected a number >= 0"),
+    ({"hidden": 0}, "hidden=0; expected a positive integer"),
+    ({"corruption": 1.0}, r"corruption=1.0; expected a finite number in \[0, 1\)"),
+    ({"l2": -1.0}, "l2=-1.0; expected a finite number >= 0"),
     ({"loss": "hinge"}, "loss='hinge'; expected one of"),
     ({"hidden_activation": "tanh"}, "hidden_activation='tanh'; expected one of"),
     ({"negative_sampling": "popular"}, "negative_sampling='popular'; expected one of"),
@@ -310,7 +311,7 @@ def test_fold_in_of_training_users_rows_is_not_worse_than_a_zero_user_vector(ml1
     ({"fold_in_steps": 2.5}, "fold_in_steps=2.5; expected a positive integer"),
     ({"optimizer": "adagrad"}, "optimizer='adagrad'; expected one of"),
     ({"patience": 0}, "patience=0; expected a positive integer"),
-    ({"seed": -1}, "seed=-1; expected an integer from 0 to"),
+    ({"seed": -1}, r"seed=-1; expected an integer in \[0, 2\*\*32 - 1\]"),
     ({"precision": "fp16"}, "precision='fp16'; expected one of"),
 ])
 def test_bad_parameters_are_value_errors_naming_the_value(train, params, message):

@@ -25,7 +25,7 @@ from tests.conftest import REPO, random_implicit_csr
 CASES = {
     "mult_vae": {"hidden": 20, "latent": 8, "batch_size": 50},
     "mult_dae": {"hidden": 20, "latent": 8, "batch_size": 50},
-    "cdae": {"hidden_size": 8, "batch_size": 50},
+    "cdae": {"hidden": 8, "batch_size": 50},
     "autorec": {"hidden": 10},
     "autorec-adam": {"hidden": 10, "optimizer": "adam", "batch_size": 64},
 }
@@ -49,7 +49,7 @@ def fit(case, data, epochs, **kwargs):
 
 
 def network(model):
-    return model.net_ if hasattr(model, "net_") else model.module_
+    return model.module_
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -69,7 +69,7 @@ def test_lbfgs_resumes_to_float_rounding(data, tmp_path):
     whole = make_model("autorec", epochs=5, **kwargs).fit(data["ratings"])
     make_model("autorec", epochs=2, **kwargs).fit(data["ratings"], checkpoint=tmp_path)
     resumed = make_model("autorec", epochs=5, **kwargs).fit(data["ratings"], checkpoint=tmp_path)
-    for a, b in zip(whole.net_.state_dict().values(), resumed.net_.state_dict().values()):
+    for a, b in zip(whole.module_.state_dict().values(), resumed.module_.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -119,15 +119,15 @@ KILLED_RUN = textwrap.dedent("""
     from aerec.models import MultDAE
     from tests.test_checkpoint import ml100k_run
     checkpoint, progress = sys.argv[1], sys.argv[2]
-    real = MultDAE.step_loss
+    real = MultDAE.batch_loss
 
-    def slow_step_loss(self, module, batch, state, generator=None):
+    def slow_batch_loss(self, module, batch, state):
         with open(progress, "w") as out:
             out.write(f"{state.epoch} {state.update}")
         time.sleep(0.05)  # slow enough for the parent to catch the run inside an epoch
-        return real(self, module, batch, state, generator)
+        return real(self, module, batch, state)
 
-    MultDAE.step_loss = slow_step_loss
+    MultDAE.batch_loss = slow_batch_loss
     ml100k_run(checkpoint)
 """)
 KILL_PARAMS = {"hidden": 64, "latent": 16, "epochs": 6, "batch_size": 100, "seed": 7}

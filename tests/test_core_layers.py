@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from aerec._torch import csr_to_sparse_tensor
-from aerec.core.corruption import CORRUPTIONS, GaussianNoise, MaskingNoise, SaltAndPepper, make_corruption
+from aerec.core.corruption import CORRUPTIONS, GaussianNoise, MaskingNoise, NoCorruption, SaltAndPepper, make_corruption
 from aerec.core.layers import (
     ACTIVATIONS,
     DenseStack,
@@ -314,8 +314,8 @@ def test_dense_only_corruptions_refuse_sparse_input():
 
 
 def test_make_corruption_builds_each_kind():
-    assert isinstance(make_corruption(None, 0.0), nn.Identity)
-    assert isinstance(make_corruption("none", 0.7), nn.Identity)
+    assert isinstance(make_corruption(None, 0.0), NoCorruption)
+    assert isinstance(make_corruption("none", 0.7), NoCorruption)
     gaussian = make_corruption("gaussian", 2.5)
     assert isinstance(gaussian, GaussianNoise) and gaussian.std == 2.5
     masking = make_corruption("masking", 0.5)

@@ -590,7 +590,7 @@ def test_fuzz_load_damaged_files(workspace, saved_models, name, edits):
 # but only with values that are invalid or at most 2 (a valid epochs=10**9 would be a slow case, not a bug).
 CHEAP_PARAMS = {"als": ["iterations=1", "factors=2"], "bpr": ["iterations=1", "factors=2", "fold_in_steps=1"],
                 "mult_vae": ["epochs=1", "hidden=4", "latent=2"], "mult_dae": ["epochs=1", "hidden=4", "latent=2"],
-                "cdae": ["epochs=1", "hidden_size=2", "fold_in_steps=1", "n_negatives=2"],
+                "cdae": ["epochs=1", "hidden=2", "fold_in_steps=1", "n_negatives=2"],
                 "autorec": ["epochs=1", "hidden=2"]}
 PARAM_KEYS = ["l2", "device", "factors", "iterations", "regularization", "alpha", "random_state", "hidden", "latent",
               "dropout", "epochs", "batch_size", "lr", "seed", "patience", "progress", "precision", "kind",

@@ -231,9 +231,9 @@ def test_a_state_that_cannot_score_is_refused_at_load(tmp_path, data):
 
 
 def test_huge_integers_and_seeds_are_refused_by_name():
-    with pytest.raises(ValueError, match="hidden=10{30}; expected a positive integer below 2"):
+    with pytest.raises(ValueError, match="hidden=10{30}; expected a positive integer"):
         make_model("mult_vae", hidden=10**30)
-    with pytest.raises(ValueError, match="seed=9223372036854775808; expected an integer from 0 to"):
+    with pytest.raises(ValueError, match=r"seed=9223372036854775808; expected an integer in \[0, 2\*\*32 - 1\]"):
         make_model("mult_vae", seed=2**63)
 
 

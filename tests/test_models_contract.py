@@ -23,7 +23,7 @@ FAST_PARAMS = {
     "bias": {},
     "mult_vae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
     "mult_dae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
-    "cdae": {"hidden_size": 8, "epochs": 5, "batch_size": 16, "fold_in_steps": 10},
+    "cdae": {"hidden": 8, "epochs": 5, "batch_size": 16, "fold_in_steps": 10},
     "autorec": {"hidden": 16, "epochs": 20},
 }
 

@@ -63,14 +63,14 @@ def vae_loss_by_hand(net, x, eps, beta, lam):
 
 
 def test_vae_loss_equals_the_papers_formulas_by_hand():
-    """Deterministic injection: ``dropout=0`` and eps drawn from a seeded ``generator`` passed to step_loss."""
+    """Deterministic injection: ``dropout=0`` and eps drawn from a seeded ``generator`` passed in the state to batch_loss."""
     x, batch = tiny_batch()
     net = MultVAENet(6, hidden=5, latent=3, dropout=0.0)
     set_fixed_weights(net)
     net.train()  # training mode: z is sampled
     model = MultVAE(hidden=5, latent=3, dropout=0.0, l2=0.003)
     update = 30_000  # beta = min(0.2, 30000 / 200000) = 0.15
-    terms = model.step_loss(net, batch, TrainingState(update=update), generator=torch.Generator().manual_seed(11))
+    terms = model.batch_loss(net, batch, TrainingState(update=update, generator=torch.Generator().manual_seed(11)))
     eps = torch.randn((3, 3), generator=torch.Generator().manual_seed(11)).double().numpy()
     loss, nll, kl = vae_loss_by_hand(net, x, eps, beta=0.15, lam=0.003)
     assert float(terms["beta"]) == pytest.approx(0.15)
@@ -97,7 +97,7 @@ def test_dae_loss_equals_the_papers_formulas_by_hand():
     x, batch = tiny_batch()
     net = MultDAENet(6, hidden=5, latent=3, dropout=0.0)
     set_fixed_weights(net)
-    terms = MultDAE(hidden=5, latent=3, dropout=0.0, l2=0.01).step_loss(net.train(), batch, TrainingState())
+    terms = MultDAE(hidden=5, latent=3, dropout=0.0, l2=0.01).batch_loss(net.train(), batch, TrainingState())
     layers = [*net.encoder.layers, *net.decoder.layers]
     h = np_normalize(x.astype(np.float64))
     for i, layer in enumerate(layers):  # vae_cf's MultiDAE: tanh after every layer but the last
@@ -178,7 +178,7 @@ def test_kl_weight_in_the_loss_is_min_cap_update_over_total(update, beta):
     x, batch = tiny_batch()
     net = MultVAENet(6, hidden=5, latent=3, dropout=0.0).train()
     model = MultVAE(hidden=5, latent=3, dropout=0.0)
-    terms = model.step_loss(net, batch, TrainingState(update=update), generator=torch.Generator().manual_seed(0))
+    terms = model.batch_loss(net, batch, TrainingState(update=update, generator=torch.Generator().manual_seed(0)))
     assert float(terms["beta"]) == pytest.approx(beta, rel=1e-12, abs=1e-15)
     assert model.beta(update) == pytest.approx(min(0.2, update / 200_000))
     assert float(terms["loss"].detach()) == pytest.approx(float(terms["nll"]) + beta * float(terms["kl"]), rel=1e-6)

@@ -60,12 +60,13 @@ def test_early_stopping_restores_the_best_weights(data):
     scripted = iter([0.1, 0.5, 0.3, 0.2, 0.2, 0.9])  # best at epoch 2, then no improvement for 3 validations
     snapshots = {}
 
-    def remember(state, module, optimizer, record):
+    module = linear_autoencoder()
+
+    def remember(record, history):
         snapshots[record["epoch"]] = weights(module)
 
-    module = linear_autoencoder()
     history = train(module, data, reconstruction_loss, TrainConfig(epochs=6, patience=3, progress=False),
-                    validate=lambda m: next(scripted), on_epoch_end=[remember])
+                    validation_metric=lambda m: next(scripted), callbacks=[remember])
     assert history.best_epoch == 2 and history.best_validation == 0.5 and history.stopped_early
     assert len(history.epochs) == 5 and history.column("validation") == [0.1, 0.5, 0.3, 0.2, 0.2]
     assert torch.equal(weights(module), snapshots[2]) and not torch.equal(weights(module), snapshots[5])
@@ -74,7 +75,7 @@ def test_early_stopping_restores_the_best_weights(data):
 def test_minimising_a_validation_error(data):
     scripted = iter([3.0, 1.0, 2.0])
     history = train(linear_autoencoder(), data, reconstruction_loss, TrainConfig(epochs=3, progress=False),
-                    validate=lambda m: next(scripted), maximize=False)
+                    validation_metric=lambda m: next(scripted), maximize=False)
     assert history.best_epoch == 2 and not history.stopped_early
 
 

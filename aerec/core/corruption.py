@@ -14,9 +14,8 @@ identity under ``.eval()``:
 - :class:`SaltAndPepper`: a fraction ``p`` of entries set to ``low`` or
   ``high``.
 
-Randomness comes from torch's global generator (seed it with
-:func:`torch.manual_seed`, as the training loop does); no generator is passed
-in.
+Randomness comes from the ``generator`` passed to ``forward`` (the training
+loop's ``state.generator``), or torch's global generator when none is.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from torch import nn
 
 from aerec.core.layers import check_choice, check_real
 
-__all__ = ["CORRUPTIONS", "GaussianNoise", "MaskingNoise", "SaltAndPepper", "make_corruption"]
+__all__ = ["CORRUPTIONS", "GaussianNoise", "MaskingNoise", "NoCorruption", "SaltAndPepper", "make_corruption"]
 
 #: Kinds accepted by :func:`make_corruption` (``None`` means ``"none"``).
 CORRUPTIONS: tuple[str, ...] = ("none", "gaussian", "masking", "masking_no_rescale", "salt_and_pepper")
@@ -37,8 +36,8 @@ class _Corruption(nn.Module):
 
     accepts_sparse = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the corrupted ``x`` in training mode, ``x`` itself in eval mode."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return the corrupted ``x`` in training mode (drawing from ``generator``), ``x`` itself in eval mode."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if not self.training:
@@ -47,10 +46,19 @@ class _Corruption(nn.Module):
             raise TypeError(
                 f"{type(self).__name__} needs a dense input, got layout {x.layout}: it would change unstored entries"
             )
-        return self.corrupt(x)
+        return self.corrupt(x, generator)
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+class NoCorruption(_Corruption):
+    """The identity, with the corruptions' signature (``make_corruption(None)``)."""
+
+    accepts_sparse = True
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x
 
 
 class GaussianNoise(_Corruption):
@@ -70,10 +78,10 @@ class GaussianNoise(_Corruption):
         super().__init__()
         self.std = check_real("std", std, low=0.0)
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.std == 0:
             return x
-        return x + torch.randn_like(x) * self.std
+        return x + _draw(torch.randn, x, generator) * self.std
 
     def extra_repr(self) -> str:
         return f"std={self.std}"
@@ -109,18 +117,18 @@ class MaskingNoise(_Corruption):
         self.p = check_real("p", p, low=0.0, high=1.0, high_open=True)
         self.rescale = bool(rescale)
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.p == 0:
             return x
         scale = 1.0 / (1.0 - self.p) if self.rescale else 1.0
         if x.layout == torch.sparse_coo:
-            return self._corrupt_sparse(x, scale)
-        keep = torch.rand_like(x) >= self.p
+            return self._corrupt_sparse(x, scale, generator)
+        keep = _draw(torch.rand, x, generator) >= self.p
         return x * (keep.to(x.dtype) * scale)
 
-    def _corrupt_sparse(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def _corrupt_sparse(self, x: torch.Tensor, scale: float, generator: torch.Generator | None) -> torch.Tensor:
         x = x.coalesce()  # no work when already coalesced (as csr_to_sparse_tensor makes it)
-        keep = torch.rand(x._nnz(), device=x.device) >= self.p
+        keep = torch.rand(x._nnz(), device=x.device, generator=generator) >= self.p
         values = x.values()[keep] * scale
         # A subset of coalesced (sorted, unique) indices is still coalesced.
         return torch.sparse_coo_tensor(x.indices()[:, keep], values, x.shape, is_coalesced=True, check_invariants=False)
@@ -156,11 +164,11 @@ class SaltAndPepper(_Corruption):
         if not self.low < self.high:
             raise ValueError(f"low={low!r} and high={high!r}; expected low < high")
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.p == 0:
             return x
-        chosen = torch.rand_like(x) < self.p
-        salt = torch.rand_like(x) < 0.5
+        chosen = _draw(torch.rand, x, generator) < self.p
+        salt = _draw(torch.rand, x, generator) < 0.5
         noise = torch.where(salt, torch.full_like(x, self.high), torch.full_like(x, self.low))
         return torch.where(chosen, noise, x)
 
@@ -174,7 +182,7 @@ def make_corruption(kind: str | None, level: float) -> nn.Module:
     Parameters
     ----------
     kind : {None, "none", "gaussian", "masking", "masking_no_rescale", "salt_and_pepper"}
-        ``None`` / ``"none"``: :class:`torch.nn.Identity` (``level`` must
+        ``None`` / ``"none"``: :class:`NoCorruption`, the identity (``level`` must
         still be a finite number but is not used); ``"gaussian"``:
         :class:`GaussianNoise` with ``std=level``; ``"masking"``:
         :class:`MaskingNoise` with ``p=level``, kept entries rescaled;
@@ -198,10 +206,15 @@ def make_corruption(kind: str | None, level: float) -> nn.Module:
     check_choice("kind", kind, CORRUPTIONS)
     if kind == "none":
         check_real("level", level)
-        return nn.Identity()
+        return NoCorruption()
     if kind == "gaussian":
         return GaussianNoise(check_real("level", level, low=0.0))
     level = check_real("level", level, low=0.0, high=1.0, high_open=True)
     if kind == "salt_and_pepper":
         return SaltAndPepper(level)
     return MaskingNoise(level, rescale=kind == "masking")
+
+
+def _draw(sample, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``sample`` (torch.rand / torch.randn) in ``x``'s shape, dtype and device: ``rand_like``'s draws, from ``generator``."""
+    return sample(x.shape, dtype=x.dtype, device=x.device, generator=generator)

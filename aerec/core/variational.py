@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aerec.core.layers import dense_linear, init_linear_
 from aerec.core.losses import check_pair, gaussian_nll
 
 LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
@@ -54,9 +55,12 @@ class GaussianLatent(nn.Module):
     init : {"torch", "xavier"}
         "torch": PyTorch's default Linear initialisation. "xavier": vae_cf's,
         see :func:`vae_cf_init_`.
+    generator : torch.Generator, optional
+        Source of the initial draws (torch's global generator when None).
     """
 
-    def __init__(self, in_features: int, latent_dim: int, init: str = "torch"):
+    def __init__(self, in_features: int, latent_dim: int, init: str = "torch",
+                 generator: torch.Generator | None = None):
         super().__init__()
         check_count("in_features", in_features)
         check_count("latent_dim", latent_dim)
@@ -64,9 +68,7 @@ class GaussianLatent(nn.Module):
             raise ValueError(f"init={init!r}; expected one of {INITS}")
         self.in_features = int(in_features)
         self.latent_dim = int(latent_dim)
-        self.linear = nn.Linear(self.in_features, 2 * self.latent_dim)
-        if init == "xavier":
-            vae_cf_init_(self.linear)
+        self.linear = dense_linear(self.in_features, 2 * self.latent_dim, init, generator)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each of shape (..., latent_dim), for activations ``h`` of shape (..., in_features)."""
@@ -88,10 +90,7 @@ def vae_cf_init_(linear: nn.Linear) -> nn.Linear:
     """
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"linear is {type(linear).__name__}; expected a torch.nn.Linear")
-    with torch.no_grad():
-        nn.init.xavier_uniform_(linear.weight)
-        if linear.bias is not None:
-            nn.init.trunc_normal_(linear.bias, mean=0.0, std=0.001, a=-0.002, b=0.002)
+    init_linear_(linear.weight, linear.bias, "xavier")
     return linear
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from aerec.data.interactions import Interactions
 from aerec.data.preprocess import binarize, filter_min_counts
+from aerec.params import check_seed
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def random_holdout(interactions: Interactions, test_fraction: float = 0.1, valid
     """
     _check_fraction("test_fraction", test_fraction)
     _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
-    rng = np.random.RandomState(_check_seed(seed))
+    rng = np.random.RandomState(check_seed(seed))
     order = rng.permutation(interactions.nnz)
     n_test = int(round(test_fraction * interactions.nnz))
     test_mask = _mask(order[:n_test], interactions.nnz)
@@ -111,7 +112,7 @@ def per_user_holdout(interactions: Interactions, test_fraction: float | None = 0
     if test_fraction is not None:
         _check_fraction("test_fraction", test_fraction)
     _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
-    rng = np.random.RandomState(_check_seed(seed))
+    rng = np.random.RandomState(check_seed(seed))
     test_mask = _per_user_mask(interactions, np.ones(interactions.nnz, bool), test_fraction, test_count, by, rng)
     validation_mask = None
     if validation_fraction:
@@ -159,7 +160,7 @@ def strong_generalization(interactions: Interactions, n_heldout: int, seed: int 
     if not isinstance(n_heldout, (int, np.integer)) or n_heldout < 1:
         raise ValueError(f"n_heldout={n_heldout!r}; expected an integer >= 1")
     _check_fraction("heldout_fraction", heldout_fraction)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     data = binarize(interactions, threshold) if threshold is not None else interactions
     data = filter_min_counts(data, min_user=min_user_count)
     n_users = data.n_users
@@ -233,7 +234,3 @@ def _check_fraction(name: str, value, allow_zero: bool = False) -> None:
         raise ValueError(f"{name}={value!r}; expected {bound.format(name)}")
 
 
-def _check_seed(seed) -> int:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed={seed!r}; expected an integer in [0, 2**32)")
-    return int(seed)

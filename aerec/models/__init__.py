@@ -36,7 +36,7 @@ def make_model(name: str, **params) -> Recommender:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for model {name!r}; it takes {cls.param_names()}")
     model = cls(**params)
-    model.validate_params()
+    model.check_params()
     return model
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender
+from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
 
 
 class ALS(Recommender):
@@ -40,11 +41,8 @@ class ALS(Recommender):
         self.random_state = random_state
         self.num_threads = num_threads
 
-    def validate_params(self) -> None:
-        check_positive("factors", self.factors, integer=True)
-        check_positive("iterations", self.iterations, integer=True)
-        check_positive("regularization", self.regularization)
-        check_positive("alpha", self.alpha)
+    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "regularization": [POSITIVE],
+                             "alpha": [POSITIVE], "random_state": [SEED], "num_threads": [Interval(int, 0, None)]}
 
     def _fit(self, matrix, validation) -> None:
         self.model_ = self.new_implicit_model()

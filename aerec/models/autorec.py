@@ -31,15 +31,19 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from aerec._torch import csr_to_sparse_tensor, resolve_device
+import warnings
+
+from aerec._torch import csr_to_sparse_tensor
 from aerec.core.layers import SparseInputLinear, weight_matrices
 from aerec.core.losses import masked_squared_error, reduce_rows
 from aerec.core.penalties import l2_weight_decay
 from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
-from aerec.models.base import Recommender, as_csr, check_positive, check_seed
+from aerec.models.base import as_csr
+from aerec.models.torch_base import TorchRecommender, store_params
+from aerec.params import POSITIVE, POSITIVE_INT, Interval, Options, Satisfies
 from aerec.sparse_products import SparsePattern, pattern_matmul, sampled_dot
-from aerec.training import History, TrainConfig, train
+from aerec.training import Phase, TrainConfig
 
 KINDS = ("item", "user")
 OPTIMIZERS = ("climin_rprop", "rprop", "lbfgs", "adam")
@@ -76,8 +80,9 @@ class AutoRecNet(nn.Module):
 
     def __init__(self, n_inputs: int, hidden: int, generator: torch.Generator | None = None):
         super().__init__()
-        self.encoder = SparseInputLinear(n_inputs, hidden)
-        self.decoder = nn.Linear(hidden, n_inputs)
+        # the layers' own initialisation is drawn from a throwaway generator: the reference's, below, replaces it
+        self.encoder = SparseInputLinear(n_inputs, hidden, generator=torch.Generator())
+        self.decoder = torch.nn.utils.skip_init(nn.Linear, hidden, n_inputs)
         with torch.no_grad():
             for layer in (self.encoder, self.decoder):
                 layer.weight.normal_(0.0, _WEIGHT_STD, generator=generator)
@@ -167,7 +172,7 @@ def autorec_objective(module: AutoRecNet, rows: sp.csr_matrix | RowBatch, l2: fl
     return autorec_loss(pred[None], target[None], mask, weight_matrices(module), l2)
 
 
-class AutoRec(Recommender):
+class AutoRec(TorchRecommender):
     """I-AutoRec (``kind="item"``) or U-AutoRec (``kind="user"``) for explicit ratings.
 
     The caller always passes users x items matrices; I-AutoRec trains on the
@@ -219,10 +224,13 @@ class AutoRec(Recommender):
         "auto" (CUDA when present), "cpu" or "cuda".
     progress : bool
         Show a progress bar on stderr while training.
+    max_seconds : float, optional
+        A wall-clock budget per ``fit`` (:mod:`aerec.models.torch_base`).
 
     Attributes
     ----------
-    net_ : AutoRecNet
+    module_ : AutoRecNet
+        The network (``net_``, its former name, still works for one release, with a DeprecationWarning).
     ratings_ : csr_matrix
         The training ratings (users x items).
     rating_range_ : (float, float)
@@ -270,60 +278,38 @@ class AutoRec(Recommender):
       by its share of the rows, so the batches' losses add up to the paper's objective.
     """
 
+    parameter_constraints = {
+        "kind": [Options(*KINDS)], "hidden": [POSITIVE_INT], "l2": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
+        "lr": [POSITIVE, None], "batch_size": [POSITIVE_INT, None], "default_rating": [Interval(float)],
+        "rating_range": [None, Satisfies(lambda pair: isinstance(pair, (tuple, list)) and len(pair) == 2
+                                   and all(Interval(float).is_satisfied_by(v) for v in pair) and pair[0] < pair[1],
+                                   "(low, high), two finite numbers with low < high")],
+    }
+    loss_reduction = "sum"
+    maximize_validation = False
+
     def __init__(self, kind: str = "item", hidden: int = 500, l2: float = 100.0, epochs: int = 200,
                  optimizer: str = "climin_rprop", lr: float | None = None, batch_size: int | None = None,
                  patience: int | None = None, default_rating: float = 3.0, rating_range: tuple | None = None,
-                 seed: int = 0, device: str = "auto", progress: bool = False):
-        self.kind = kind
-        self.hidden = hidden
-        self.l2 = l2
-        self.epochs = epochs
-        self.optimizer = optimizer
-        self.lr = lr
-        self.batch_size = batch_size
-        self.patience = patience
-        self.default_rating = default_rating
-        self.rating_range = rating_range
-        self.seed = seed
-        self.device = device
-        self.progress = progress
+                 seed: int = 0, device: str = "auto", progress: bool = False, max_seconds: float | None = None):
+        store_params(self, locals())
 
-    # -- parameters ------------------------------------------------------------------------
-    def validate_params(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS}")
-        check_positive("hidden", self.hidden, integer=True)
-        check_positive("l2", self.l2)
-        check_positive("epochs", self.epochs, integer=True)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
-        if self.lr is not None:
-            check_positive("lr", self.lr)
-            if self.optimizer == "climin_rprop" and self.lr < 2 * _RPROP_STEP_SIZES[0]:
-                raise ValueError(f"lr={self.lr!r} with optimizer='climin_rprop'; expected at least "
-                                 f"{2 * _RPROP_STEP_SIZES[0]:g} (2 x the minimum step size, climin's first step)")
-        if self.batch_size is not None:
-            check_positive("batch_size", self.batch_size, integer=True)
-            if self.optimizer in FULL_BATCH:
-                raise ValueError(f"batch_size={self.batch_size!r} with optimizer={self.optimizer!r}; Rprop is full-batch "
-                                 "(the paper's): use batch_size=None, or optimizer='adam' for minibatches")
-        if self.patience is not None:
-            check_positive("patience", self.patience, integer=True)
-        if not _is_real(self.default_rating):
-            raise ValueError(f"default_rating={self.default_rating!r}; expected a finite number")
-        if self.rating_range is not None:
-            low_high = self.rating_range
-            if (not isinstance(low_high, (tuple, list)) or len(low_high) != 2 or not all(map(_is_real, low_high))
-                    or not low_high[0] < low_high[1]):
-                raise ValueError(f"rating_range={self.rating_range!r}; expected None or (low, high), "
-                                 "two finite numbers with low < high")
-        check_seed(self.seed)
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress={self.progress!r}; expected True or False")
-        resolve_device(self.device)
+    def check_param_combinations(self) -> None:
+        if self.lr is not None and self.optimizer == "climin_rprop" and self.lr < 2 * _RPROP_STEP_SIZES[0]:
+            raise ValueError(f"lr={self.lr!r} with optimizer='climin_rprop'; expected at least "
+                             f"{2 * _RPROP_STEP_SIZES[0]:g} (2 x the minimum step size, climin's first step)")
+        if self.batch_size is not None and self.optimizer in FULL_BATCH:
+            raise ValueError(f"batch_size={self.batch_size!r} with optimizer={self.optimizer!r}; Rprop is full-batch "
+                             "(the paper's): use batch_size=None, or optimizer='adam' for minibatches")
+
+    @property
+    def net_(self) -> AutoRecNet:
+        """Deprecated name of ``module_``."""
+        warnings.warn("AutoRec.net_ is renamed module_; net_ goes in the next release", DeprecationWarning, stacklevel=2)
+        return self.module_
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, train, validation=None, checkpoint=None) -> "AutoRec":
+    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False) -> "AutoRec":
         """Learn from ``train`` (users x items ratings); returns ``self``.
 
         Parameters
@@ -333,63 +319,66 @@ class AutoRec(Recommender):
         validation : Interactions or scipy.sparse matrix, optional
             Held-out ratings of the same shape, none of them in ``train``: the iteration
             with the lowest RMSE on them (predicted from ``train`` only) is kept.
-        checkpoint : str, PathLike or Checkpointing, optional
-            Commit the training state there and resume from it (see :meth:`Recommender.fit`).
+        checkpoint, callbacks, warm_start
+            As :meth:`Recommender.fit`.
         """
         # every input is checked before the base class records anything on the model
-        self.validate_params()
+        self.check_params()
         ratings = _canonical(as_csr(train, "train"))
         self._check_ratings(ratings, "train")
         self._validation_matrix(validation, ratings)
-        return super().fit(train, validation, checkpoint)
+        return super().fit(train, validation, checkpoint, callbacks, warm_start)
 
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         ratings = _canonical(matrix)
-        held_out = self._validation_matrix(validation, ratings)
-        self.device_ = resolve_device(self.device)
         self.ratings_ = ratings
         self.rating_range_ = (tuple(float(v) for v in self.rating_range) if self.rating_range is not None
                               else (float(ratings.data.min()), float(ratings.data.max())))
         self.user_seen_ = np.diff(ratings.indptr) > 0
         self.item_seen_ = np.bincount(ratings.indices, minlength=ratings.shape[1]) > 0
         self.input_rows_ = _canonical(ratings.T.tocsr()) if self.kind == "item" else ratings
-        n_rows = self.input_rows_.shape[0]
-        self.net_ = self.new_module().to(self.device_)
+        super()._fit(ratings, validation)
 
-        optimizer = self.optimizer
-        config = TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=optimizer,
-                             lr=float(self.lr if self.lr is not None else DEFAULT_LR[optimizer]), seed=int(self.seed),
-                             device=str(self.device_), patience=self.patience if held_out is not None else None,
-                             shuffle=optimizer == "adam", progress=self.progress, loss_reduction="sum",
-                             checkpoint=self.training_checkpoint())
-        l2 = float(self.l2)
+    def training_rows(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        return self.input_rows_  # I-AutoRec: one row per item
 
-        def step_loss(module, batch, state):
-            # a batch's penalty is weighted by its share of the rows: the batches add up to the objective
-            return autorec_objective(module, batch, l2 * len(batch) / n_rows)
+    def train_config(self) -> TrainConfig:
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=self.optimizer, lr=float(lr),
+                           seed=int(self.seed), device=str(self.device_), patience=self.patience,
+                           shuffle=self.optimizer == "adam", progress=self.progress, loss_reduction="sum",
+                           max_seconds=self.max_seconds, checkpoint=self.training_checkpoint())
 
-        validate = None
-        if held_out is not None:
-            coo = held_out.tocoo()
-            users, items, truth = coo.row, coo.col, coo.data.astype(np.float64)
+    def phases(self, module: AutoRecNet) -> list[Phase] | None:
+        return [Phase(after=_reference_rprop_schedule)] if self.optimizer in FULL_BATCH else None
 
-            def validate(module):
-                predicted = self._predict_pairs(module, users, items)
-                return float(np.sqrt(np.mean((predicted - truth) ** 2)))
+    def batch_loss(self, module: AutoRecNet, batch: RowBatch, state) -> dict:
+        """The paper's objective over the batch's ratings; the penalty weighted by the batch's share of the rows."""
+        return autorec_objective(module, batch, float(self.l2) * len(batch) / self.input_rows_.shape[0])
 
-        callbacks = (_reference_rprop_schedule,) if optimizer in FULL_BATCH else ()
-        self.history_: History = train(self.net_, self.input_rows_, step_loss, config, validate=validate,
-                                       maximize=False, on_epoch_end=callbacks, desc=f"{self.kind}-AutoRec")
-        self.best_epoch_ = self.history_.best_epoch if held_out is not None else None
-        self.net_.eval()
+    def validation_metric(self, validation):
+        held_out = self._validation_matrix(validation, self.ratings_)
+        if held_out is None:
+            return None
+        coo = held_out.tocoo()
+        users, items, truth = coo.row, coo.col, coo.data.astype(np.float64)
+
+        def rmse(module):
+            predicted = self._predict_pairs(module, users, items)
+            return float(np.sqrt(np.mean((predicted - truth) ** 2)))
+
+        return rmse
+
+    def after_fit(self, matrix: sp.csr_matrix) -> None:
+        if self.history_.best_epoch is None:
+            self.best_epoch_ = None  # no validation ratings: no iteration was chosen
         if self.kind == "item":
-            self.item_codes_ = self._encode_rows(self.net_, np.arange(n_rows))
+            self.item_codes_ = self._encode_rows(self.module_, np.arange(self.input_rows_.shape[0]))
         elif hasattr(self, "item_codes_"):
             del self.item_codes_  # from an earlier item-kind fit of this object
 
-    def new_module(self) -> AutoRecNet:
-        """The network for the fitted input width, initialised as the reference from ``seed``."""
-        generator = torch.Generator().manual_seed(int(self.seed))
+    def build_module(self, generator: torch.Generator) -> AutoRecNet:
+        """The network for the fitted input width, initialised as the reference from ``generator``."""
         return AutoRecNet(self.input_rows_.shape[1], int(self.hidden), generator)
 
     def _check_ratings(self, ratings: sp.csr_matrix, name: str) -> None:
@@ -437,7 +426,7 @@ class AutoRec(Recommender):
         """
         self.check_fitted()
         users, items = _check_indices(users, items, self.ratings_.shape)
-        return self._predict_pairs(self.net_, users, items)
+        return self._predict_pairs(self.module_, users, items)
 
     def _predict_pairs(self, module: AutoRecNet, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         rows, cols = (items, users) if self.kind == "item" else (users, items)
@@ -479,7 +468,7 @@ class AutoRec(Recommender):
         rows = _canonical(self.check_user_items(user_items))
         self._check_ratings(rows, "user_items")
         if self.kind == "user":
-            blocks = [self.net_(csr_to_sparse_tensor(rows[start:start + _ROWS_PER_BATCH], self.device_))
+            blocks = [self.module_(csr_to_sparse_tensor(rows[start:start + _ROWS_PER_BATCH], self.device_))
                       for start in range(0, rows.shape[0], _ROWS_PER_BATCH)]
             return torch.cat(blocks) if blocks else torch.zeros((0, self.n_items_), device=self.device_)
         return self._fold_in_item_model(rows)
@@ -522,13 +511,13 @@ class AutoRec(Recommender):
         return scores
 
 
-def _reference_rprop_schedule(state, module, optimizer, record) -> None:
+def _reference_rprop_schedule(optimizer, state) -> None:
     """NNRec's Rprop schedule on torch's Rprop: growth 5.0 until the 6th iteration, then 1.2; steps in [1e-6, 1]."""
     group = optimizer.param_groups[0]
-    if record["epoch"] == 1:
+    if state.epoch + 1 == 1:
         group["step_sizes"] = _RPROP_STEP_SIZES
         group["etas"] = (_RPROP_SHRINK, _RPROP_FAST_GROWTH)
-    elif record["epoch"] == _RPROP_FAST_UNTIL:
+    elif state.epoch + 1 == _RPROP_FAST_UNTIL:
         group["etas"] = (_RPROP_SHRINK, _RPROP_GROWTH)
 
 
@@ -555,8 +544,3 @@ def _check_indices(users, items, shape: tuple[int, int]) -> tuple[np.ndarray, np
         if bad.size:
             raise ValueError(f"{name} holds index {int(bad[0])}; expected indices from 0 to {size - 1}")
     return users, items
-
-
-def _is_real(value) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            and math.isfinite(value))

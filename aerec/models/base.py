@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from aerec.data.interactions import Interactions
+from aerec.params import check_seed, validate_params
 from aerec.ranking import batch_rows_for_budget, default_memory_budget, stream_top_n
 
 
@@ -31,7 +33,10 @@ class NotFittedError(ValueError):
 class Recommender:
     """Base class: subclasses implement ``_fit(matrix, validation)`` and ``score_tensor``."""
 
-    def fit(self, train, validation=None, checkpoint=None) -> "Recommender":
+    #: ``{parameter: [allowed entries]}`` (see :mod:`aerec.params`); merged along the class hierarchy.
+    parameter_constraints: dict = {}
+
+    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False) -> "Recommender":
         """Learn from ``train`` (users x items :class:`Interactions` or sparse matrix); returns ``self``.
 
         ``validation`` is an optional pair ``(fold_in, heldout)`` (or a
@@ -42,9 +47,14 @@ class Recommender:
         trained by epochs commit their whole training state there and, when it already holds
         a checkpoint of this same run (model, hyper-parameters, data shape), continue from it:
         a directory alone means every epoch, with resume. Models fitted in one step ignore it.
+
+        ``callbacks`` are called as ``callback(record, history)`` after every epoch of a model
+        trained by epochs (a true return value stops training); ``warm_start=True`` continues
+        such a model's training from its current weights, optimizer state and random
+        generators for ``epochs`` more epochs. Models fitted in one step ignore both.
         """
-        self._checkpoint = checkpoint
-        self.validate_params()
+        self._checkpoint, self._callbacks, self._warm_start = checkpoint, tuple(callbacks), bool(warm_start)
+        self.check_params()
         matrix = as_csr(train, "train")
         if matrix.nnz == 0:
             raise ValueError(f"train has no interactions (shape {matrix.shape}); expected at least one")
@@ -69,11 +79,33 @@ class Recommender:
             setting = Checkpointing(setting, every=1, resume=True)
         if not isinstance(setting, Checkpointing):
             raise TypeError(f"checkpoint must be a directory path or aerec.training.Checkpointing, got {type(setting).__name__}")
-        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "device", "progress")}
+        params = {k: v for k, v in self.get_params().items() if k not in ("epochs", "device", "progress", "max_seconds")}
         return dataclasses.replace(setting, tag={"model": type(self).__name__, "params": normalised(flatten(params, {}))})
 
+    @classmethod
+    def constraints(cls) -> dict:
+        """The constraints of every parameter of ``__init__``, from this class's table and its bases'."""
+        merged: dict = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("parameter_constraints", {}))
+        return {name: merged[name] for name in cls.param_names() if name in merged}
+
+    def check_params(self) -> None:
+        """Raise a ValueError naming any hyper-parameter out of its range (called by ``fit``).
+
+        Checks the constraints table, then :meth:`check_param_combinations`.
+        """
+        validate_params(self.constraints(), self.get_params())
+        self.check_param_combinations()
+
+    def check_param_combinations(self) -> None:
+        """Rules between parameters that a table of single values cannot state (none by default)."""
+
     def validate_params(self) -> None:
-        """Raise a ValueError naming any hyper-parameter out of its range (called by ``fit``)."""
+        """Deprecated name of :meth:`check_params` ("validate" means validation data in aerec)."""
+        warnings.warn("validate_params() is renamed check_params(); validate_params() goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        self.check_params()
 
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         raise NotImplementedError
@@ -172,15 +204,35 @@ class Recommender:
     @classmethod
     def param_names(cls) -> list[str]:
         signature = inspect.signature(cls.__init__)
-        return [name for name in signature.parameters if name != "self"]
+        return [name for name, parameter in signature.parameters.items()
+                if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
 
-    def get_params(self) -> dict:
-        """The hyper-parameters given to ``__init__`` (for saving, cloning and printing)."""
+    def get_params(self, deep: bool = True) -> dict:
+        """The hyper-parameters given to ``__init__`` (for saving, cloning and printing); ``deep`` is scikit-learn's."""
         return {name: getattr(self, name) for name in self.param_names()}
 
+    def set_params(self, **params) -> "Recommender":
+        """Set hyper-parameters by name (scikit-learn's protocol); an unknown name is a ValueError. Returns ``self``."""
+        unknown = sorted(set(params) - set(self.param_names()))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for {type(self).__name__}; it takes {self.param_names()}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
+        """The class and the parameters that differ from their defaults (scikit-learn's habit)."""
+        defaults = {name: parameter.default for name, parameter in inspect.signature(type(self).__init__).parameters.items()}
+        changed = {name: value for name, value in self.get_params().items()
+                   if not _same(value, defaults.get(name, inspect.Parameter.empty))}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def _same(value, default) -> bool:
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except (TypeError, ValueError):
+        return value is default
 
 
 def as_csr(data, name: str) -> sp.csr_matrix:
@@ -195,23 +247,3 @@ def as_csr(data, name: str) -> sp.csr_matrix:
             raise ValueError(f"{name} holds NaN or inf values; expected finite interactions")
         return matrix
     raise TypeError(f"{name} must be aerec Interactions or a scipy.sparse matrix (users x items), got {type(data).__name__}")
-
-
-def check_positive(name: str, value, integer: bool = False) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a positive (integer) number (integers below 2**63)."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not _finite(value):
-        raise ValueError(f"{name}={value!r}; expected a positive {'integer' if integer else 'number'} "
-                         f"{'below 2**63' if isinstance(value, (int, np.integer)) else 'that is finite'}")
-
-
-def check_seed(value, name: str = "seed") -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an integer in [0, 2**63) (what torch seeds take)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
-        raise ValueError(f"{name}={value!r}; expected an integer from 0 to 2**63 - 1")
-
-
-def _finite(value) -> bool:
-    if isinstance(value, (int, np.integer)):
-        return value < 2**63  # larger integers overflow every tensor and numpy type downstream
-    return bool(np.isfinite(value))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender
+from aerec.params import POSITIVE, POSITIVE_INT
 
 
 class BiasBaseline(Recommender):
@@ -35,10 +36,7 @@ class BiasBaseline(Recommender):
         self.reg_item = reg_item
         self.iterations = iterations
 
-    def validate_params(self) -> None:
-        check_positive("reg_user", self.reg_user)
-        check_positive("reg_item", self.reg_item)
-        check_positive("iterations", self.iterations, integer=True)
+    parameter_constraints = {"reg_user": [POSITIVE], "reg_item": [POSITIVE], "iterations": [POSITIVE_INT]}
 
     def _fit(self, matrix, validation) -> None:
         coo = matrix.tocoo()

@@ -18,7 +18,8 @@ from threadpoolctl import threadpool_limits
 
 from aerec._torch import csr_to_dense_tensor
 from aerec.models.als import quiet_implicit
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender
+from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
 
 
 class BPR(Recommender):
@@ -48,11 +49,10 @@ class BPR(Recommender):
         self.fold_in_lr = fold_in_lr
         self.fold_in_negatives = fold_in_negatives
 
-    def validate_params(self) -> None:
-        for name in ("factors", "iterations", "fold_in_steps", "fold_in_negatives"):
-            check_positive(name, getattr(self, name), integer=True)
-        for name in ("learning_rate", "regularization", "fold_in_lr"):
-            check_positive(name, getattr(self, name))
+    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "fold_in_steps": [POSITIVE_INT],
+                             "fold_in_negatives": [POSITIVE_INT], "learning_rate": [POSITIVE],
+                             "regularization": [POSITIVE], "fold_in_lr": [POSITIVE], "random_state": [SEED],
+                             "num_threads": [Interval(int, 0, None)]}
 
     def _fit(self, matrix, validation) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

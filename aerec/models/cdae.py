@@ -73,13 +73,16 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from aerec._torch import csr_to_dense_tensor, csr_to_sparse_tensor, resolve_device
+import warnings
+
+from aerec._torch import csr_to_dense_tensor, csr_to_sparse_tensor
 from aerec.core.corruption import MaskingNoise
-from aerec.core.layers import SparseInputLinear, init_linear_, make_activation
+from aerec.core.layers import SparseInputLinear, dense_linear, init_linear_, make_activation
 from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
-from aerec.models.base import Recommender, check_positive, check_seed
-from aerec.training import OPTIMIZERS, PRECISIONS, TrainConfig, train
+from aerec.models.torch_base import TorchRecommender, store_params
+from aerec.params import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Options
+from aerec.training import OPTIMIZERS
 
 ACTIVATIONS = ("sigmoid", "identity")
 LOSSES = ("logistic", "squared")
@@ -93,7 +96,7 @@ class CDAENet(nn.Module):
 
     Parameters
     ----------
-    n_users, n_items, hidden_size : int
+    n_users, n_items, hidden : int
         Training users (rows of ``V``), items and the hidden size K.
     corruption : float
         Input dropout probability q (kept entries scaled by 1 / (1 - q)).
@@ -101,22 +104,27 @@ class CDAENet(nn.Module):
         h.
     init : {"torch", "xavier"}
         Initialisation of ``W``, ``b``, ``W'``, ``b'`` (see :func:`aerec.core.layers.init_linear_`); ``V`` starts at 0.
+    generator : torch.Generator, optional
+        Source of the initial weights (torch's global generator when None).
     """
 
-    def __init__(self, n_users: int, n_items: int, hidden_size: int, corruption: float, hidden_activation: str,
-                 init: str = "torch"):
+    def __init__(self, n_users: int, n_items: int, hidden: int, corruption: float, hidden_activation: str,
+                 init: str = "torch", generator: torch.Generator | None = None):
         super().__init__()
         self.corruption = MaskingNoise(corruption, rescale=True)
-        self.encoder = SparseInputLinear(n_items, hidden_size, init=init)  # weight = W^T (K x I), bias = b
-        self.user_embedding = nn.Embedding(n_users, hidden_size)  # V
+        self.encoder = SparseInputLinear(n_items, hidden, init=init, generator=generator)  # W^T (K x I), b
+        # V starts at 0; nn.Embedding's normal draws are still taken (and discarded), and the decoder's torch
+        # initialisation before its own, so that every seed gives the weights it always gave
+        self.user_embedding = torch.nn.utils.skip_init(nn.Embedding, n_users, hidden)
+        nn.init.normal_(self.user_embedding.weight, generator=generator)
         nn.init.zeros_(self.user_embedding.weight)
-        self.decoder = nn.Linear(hidden_size, n_items)  # weight = W' (I x K), bias = b'
-        init_linear_(self.decoder.weight, self.decoder.bias, init)
+        self.decoder = dense_linear(hidden, n_items, "torch", generator)  # weight = W' (I x K), bias = b'
+        init_linear_(self.decoder.weight, self.decoder.bias, init, generator)
         self.hidden_activation = make_activation(hidden_activation)
 
-    def forward(self, x: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, users: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Output pre-activations ``W' h(W^T x~ + V_u + b) + b'`` of training users (x~: x, dropped out in training)."""
-        return self.decode(self.encoder(self.corruption(x)) + self.user_embedding(users))
+        return self.decode(self.encoder(self.corruption(x, generator)) + self.user_embedding(users))
 
     def decode(self, hidden_input: torch.Tensor) -> torch.Tensor:
         """``W' h(hidden_input) + b'``: the output pre-activations for the hidden layer's input."""
@@ -128,13 +136,14 @@ class CDAENet(nn.Module):
                 self.decoder.bias]
 
 
-class CDAE(Recommender):
+class CDAE(TorchRecommender):
     """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016); see the module docstring.
 
     Parameters
     ----------
-    hidden_size : int
-        K, the hidden units (the paper's default 50).
+    hidden : int
+        K, the hidden units (the paper's default 50). ``hidden_size``, its former name, still
+        works for one release, with a DeprecationWarning.
     corruption : float
         Input dropout probability q in [0, 1).
     l2 : float
@@ -156,13 +165,15 @@ class CDAE(Recommender):
         Adam steps of the fold-in.
     fold_in_lr : float
         Adam step size of the fold-in.
-    epochs, batch_size, lr, optimizer, seed, device, patience, validate_every, progress :
-        Training settings (:class:`aerec.training.TrainConfig`); ``batch_size`` counts users.
     init : {"torch", "xavier"}
         Initialisation of the weights and biases (torch's ``nn.Linear`` default, or vae_cf's).
-    precision : {"fp32", "bf16"}
-        "bf16": train under bfloat16 autocast (the loss itself in float32); scores and the
-        fold-in of new users stay float32.
+    optimizer : str
+        The training loop's optimizer (:class:`aerec.training.TrainConfig`).
+    validate_every : int
+        Compute the validation NDCG every this many epochs.
+    epochs=100, batch_size=64 (users), lr=1e-2, seed, device, patience=10, progress, precision, max_seconds
+        The shared training parameters (:mod:`aerec.models.torch_base`); under "bf16" the loss
+        itself, the scores and the fold-in of new users stay float32.
 
     Attributes
     ----------
@@ -171,89 +182,60 @@ class CDAE(Recommender):
     history_ : aerec.training.History
     """
 
-    def __init__(self, hidden_size: int = 50, corruption: float = 0.2, l2: float = 1e-4, loss: str = "logistic",
+    parameter_constraints = {
+        "hidden": [POSITIVE_INT], "corruption": [PROBABILITY], "l2": [NON_NEGATIVE], "loss": [Options(*LOSSES)],
+        "hidden_activation": [Options(*ACTIVATIONS)], "output_activation": [Options(*ACTIVATIONS)],
+        "negative_sampling": [Options(*NEGATIVE_SAMPLING)], "negative_ratio": [POSITIVE],
+        "n_negatives": [POSITIVE_INT], "fold_in": [Options(*FOLD_IN)], "fold_in_steps": [POSITIVE_INT],
+        "fold_in_lr": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [POSITIVE_INT],
+        "init": [Options("torch", "xavier")],
+    }
+    score_batch_rows = SCORE_BATCH
+
+    def __init__(self, hidden: int = 50, corruption: float = 0.2, l2: float = 1e-4, loss: str = "logistic",
                  hidden_activation: str = "sigmoid", output_activation: str = "sigmoid",
                  negative_sampling: str | None = "proportional", negative_ratio: float = 5.0, n_negatives: int = 100,
                  fold_in: str = "fit", fold_in_steps: int = 50, fold_in_lr: float = 0.1, epochs: int = 100,
                  batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adam", seed: int = 0, device: str = "auto",
                  patience: int | None = 10, validate_every: int = 1, init: str = "torch", progress: bool = False,
-                 precision: str = "fp32"):
-        self.hidden_size = hidden_size
-        self.corruption = corruption
-        self.l2 = l2
-        self.loss = loss
-        self.hidden_activation = hidden_activation
-        self.output_activation = output_activation
-        self.negative_sampling = negative_sampling
-        self.negative_ratio = negative_ratio
-        self.n_negatives = n_negatives
-        self.fold_in = fold_in
-        self.fold_in_steps = fold_in_steps
-        self.fold_in_lr = fold_in_lr
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.optimizer = optimizer
-        self.seed = seed
-        self.device = device
-        self.patience = patience
-        self.validate_every = validate_every
-        self.init = init
-        self.progress = progress
-        self.precision = precision
+                 precision: str = "fp32", max_seconds: float | None = None, **deprecated):
+        if "hidden_size" in deprecated:
+            warnings.warn("CDAE(hidden_size=...) is renamed hidden=; hidden_size goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+            hidden = deprecated.pop("hidden_size")
+        if deprecated:
+            raise TypeError(f"CDAE got unexpected keyword argument(s) {sorted(deprecated)}")
+        arguments = dict(locals())
+        del arguments["deprecated"]
+        store_params(self, arguments)
 
-    # -- parameters ------------------------------------------------------------------
-    def validate_params(self) -> None:
-        for name in ("hidden_size", "n_negatives", "fold_in_steps", "epochs", "batch_size", "validate_every"):
-            check_positive(name, getattr(self, name), integer=True)
-        for name in ("negative_ratio", "fold_in_lr", "lr"):
-            check_positive(name, getattr(self, name))
-        _check_number("corruption", self.corruption, "a dropout probability in [0, 1)", lambda v: 0 <= v < 1)
-        _check_number("l2", self.l2, "a number >= 0", lambda v: v >= 0)
-        for name, allowed in (("loss", LOSSES), ("hidden_activation", ACTIVATIONS), ("output_activation", ACTIVATIONS),
-                              ("negative_sampling", NEGATIVE_SAMPLING), ("fold_in", FOLD_IN), ("optimizer", OPTIMIZERS),
-                              ("init", ("torch", "xavier"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
-        if self.patience is not None:
-            check_positive("patience", self.patience, integer=True)
-        check_seed(self.seed)
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress={self.progress!r}; expected True or False")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
-        resolve_device(self.device)
+    @property
+    def hidden_size(self) -> int:
+        """Deprecated name of ``hidden``."""
+        warnings.warn("CDAE.hidden_size is renamed hidden", DeprecationWarning, stacklevel=2)
+        return self.hidden
 
     # -- training --------------------------------------------------------------------
-    def new_module(self) -> CDAENet:
-        """The network for the fitted users and items, initialised from ``seed`` alone."""
-        torch.manual_seed(self.seed)
-        return CDAENet(self.n_train_users_, self.n_items_, self.hidden_size, self.corruption, self.hidden_activation,
-                       self.init)
+    def build_module(self, generator: torch.Generator) -> CDAENet:
+        return CDAENet(self.n_train_users_, self.n_items_, self.hidden, self.corruption, self.hidden_activation,
+                       self.init, generator)
 
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
-        device = resolve_device(self.device)
-        validate = self.ranking_validation(validation)  # checks the validation rows before any training
         self.n_train_users_ = matrix.shape[0]
-        self.module_ = self.new_module().to(device)
-        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                             seed=self.seed, device=str(device), patience=self.patience if validate else None,
-                             validate_every=self.validate_every, progress=self.progress, precision=self.precision,
-                             checkpoint=self.training_checkpoint())
-        self.history_ = train(self.module_, matrix, self._step_loss, config, validate=validate, maximize=True,
-                              desc="CDAE")
-        self.module_.zero_grad(set_to_none=True)  # the last step's gradients are of no further use
+        super()._fit(matrix, validation)
 
-    def _step_loss(self, module: CDAENet, batch, state) -> dict:
+    def batch_loss(self, module: CDAENet, batch, state) -> dict:
+        """``{"loss", "reconstruction", "penalty"}``: the mean loss of the batch's users on their observed items and
+        sampled negatives (drawn from ``state.generator``), plus the paper's L2 term."""
         clicks = batch.sparse
         observed = batch.observed
         binary = torch.sparse_coo_tensor(clicks.indices(), torch.ones_like(clicks.values()), clicks.shape,
                                          is_coalesced=True, check_invariants=False)  # implicit feedback: 1 per entry
-        logits = module(binary, batch.index_tensor)
+        logits = module(binary, batch.index_tensor, state.generator)
         if self.negative_sampling is None:
             mask = None
         else:
-            mask = observed | sample_negatives(observed, self.negative_counts(observed))
+            mask = observed | sample_negatives(observed, self.negative_counts(observed), state.generator)
         per_user = self.row_loss(logits.float(), observed, mask)  # the loss in float32 under bf16 autocast
         penalty = l2_weight_decay(module.penalized(), self.l2)
         reconstruction = per_user.mean()
@@ -317,7 +299,7 @@ class CDAE(Recommender):
         return torch.cat(parts)
 
     def user_vectors(self, user_items) -> torch.Tensor:
-        """The folded-in user vectors (n_rows, hidden_size) of the given rows (zeros for ``fold_in="zero"``)."""
+        """The folded-in user vectors (n_rows, hidden) of the given rows (zeros for ``fold_in="zero"``)."""
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
         parts = []
@@ -326,7 +308,7 @@ class CDAE(Recommender):
             with torch.no_grad():
                 base = module.encoder(csr_to_sparse_tensor(batch, device))
             parts.append(self._fold_in(module, base, csr_to_dense_tensor(batch, device, dtype=torch.bool)))
-        return torch.cat(parts) if parts else torch.empty(0, self.hidden_size, device=device)
+        return torch.cat(parts) if parts else torch.empty(0, self.hidden, device=device)
 
     def score_known_users(self, users, user_items) -> np.ndarray:
         """Scores (as :meth:`score`) of training users from their learned ``V_u`` instead of a fold-in.
@@ -358,7 +340,7 @@ class CDAE(Recommender):
 
     def _fold_in(self, module: CDAENet, base: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """User vectors minimising each row's part of the objective, the network frozen (see the module docstring)."""
-        vectors = torch.zeros(base.shape[0], self.hidden_size, device=base.device)
+        vectors = torch.zeros(base.shape[0], self.hidden, device=base.device)
         if self.fold_in == "zero" or base.shape[0] == 0:
             return vectors
         weights = self.expected_weights(observed)
@@ -424,9 +406,3 @@ def binary_rows(rows: sp.csr_matrix) -> sp.csr_matrix:
         rows = sp.csr_matrix(rows, copy=True)
         rows.sum_duplicates()  # on a copy: the caller's matrix is left as it is
     return sp.csr_matrix((np.ones(rows.nnz, dtype=np.float32), rows.indices, rows.indptr), shape=rows.shape)
-
-
-def _check_number(name: str, value, expected: str, ok) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or not ok(value):
-        raise ValueError(f"{name}={value!r}; expected {expected}")

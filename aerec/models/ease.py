@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from aerec._torch import available_memory_bytes, csr_to_sparse_tensor, resolve_device
-from aerec.models.base import Recommender, check_positive
+from aerec.models.base import Recommender
+from aerec.params import POSITIVE, Device
 
 
 class EASE(Recommender):
@@ -34,9 +35,7 @@ class EASE(Recommender):
         self.l2 = l2
         self.device = device
 
-    def validate_params(self) -> None:
-        check_positive("l2", self.l2)
-        resolve_device(self.device)
+    parameter_constraints = {"l2": [POSITIVE], "device": [Device()]}
 
     def _fit(self, matrix, validation) -> None:
         device = resolve_device(self.device)

@@ -1,0 +1,183 @@
+"""Hyper-parameter constraints: one table per model, checked in one place.
+
+scikit-learn's habit (``_parameter_constraints`` with ``Interval`` / ``StrOptions``,
+checked by one ``_validate_params``), written small: a model declares
+
+    parameter_constraints = {"hidden": [Interval(int, 1, None)],
+                             "patience": [Interval(int, 1, None), None],
+                             "loss": [Options("logistic", "squared")]}
+
+and :func:`validate_params` raises a ValueError naming the first value that
+satisfies none of its entries and what was expected. The same table gives the
+CLI's parameter help (:func:`describe`) and a tuner its ranges (an
+:class:`Interval`'s ``low`` / ``high``, an :class:`Options`' ``values``).
+
+An entry is an :class:`Interval`, :class:`Options`, :class:`Boolean`,
+:class:`Device`, :class:`Satisfies` (any predicate with its description), or
+``None`` (the value None is allowed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Integral, Real
+
+import numpy as np
+
+__all__ = ["Boolean", "Device", "Interval", "NON_NEGATIVE", "Options", "POSITIVE", "POSITIVE_INT", "PROBABILITY", "SEED",
+           "Satisfies", "check", "check_seed", "describe", "validate_params"]
+
+#: Largest integer any parameter may take: larger ones overflow every tensor and numpy type downstream.
+MAX_INT = 2**63 - 1
+
+
+class Interval:
+    """Numbers of one kind (``int`` or ``float``) between ``low`` and ``high`` (None: unbounded).
+
+    ``closed`` is "both", "left", "right" or "neither". Real intervals hold finite
+    numbers only; integers (never ``bool``) are below 2**63.
+    """
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, closed: str = "both"):
+        if kind not in (int, float):
+            raise TypeError(f"kind={kind!r}; expected int or float")
+        if closed not in ("both", "left", "right", "neither"):
+            raise ValueError(f"closed={closed!r}; expected 'both', 'left', 'right' or 'neither'")
+        self.kind, self.low, self.high, self.closed = kind, low, high, closed
+
+    def is_satisfied_by(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, Integral if self.kind is int else Real):
+            return False
+        if self.kind is int and abs(int(value)) > MAX_INT:
+            return False
+        if self.kind is float and not math.isfinite(float(value)):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
+            return False
+        return self.high is None or not (value > self.high or (value == self.high and self.closed in ("left", "neither")))
+
+    def __str__(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.high is None and (self.low, self.closed, self.kind) in ((1, "both", int), (0, "right", int),
+                                                                      (0, "neither", int), (0, "right", float),
+                                                                      (0, "neither", float)):
+            return f"a positive {'integer' if self.kind is int else 'number'}"
+        left, right = self.closed in ("both", "left"), self.closed in ("both", "right")
+        low, high = _shown(self.low), _shown(self.high)
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'[' if left else '('}{low}, {high}{']' if right else ')'}"
+        if self.low is not None:
+            return f"{what} {'>=' if left else '>'} {low}"
+        if self.high is not None:
+            return f"{what} {'<=' if right else '<'} {high}"
+        return what
+
+    def __repr__(self) -> str:
+        return f"Interval({self.kind.__name__}, {self.low!r}, {self.high!r}, closed={self.closed!r})"
+
+
+def _shown(bound) -> str:
+    """A bound as written in an error: 2**32 - 1 rather than 4294967295, 0.5 rather than 0.500000."""
+    if isinstance(bound, int) and bound > 2**20 and (bound + 1) & bound == 0:
+        return f"2**{(bound + 1).bit_length() - 1} - 1"
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+class Options:
+    """One of the given values (strings, or None among them)."""
+
+    def __init__(self, *values):
+        self.values = tuple(values)
+
+    def is_satisfied_by(self, value) -> bool:
+        return any(value is option or (type(value) is type(option) and value == option) for option in self.values)
+
+    def __str__(self) -> str:
+        return f"one of {', '.join(map(repr, self.values))}"
+
+    def __repr__(self) -> str:
+        return f"Options{self.values!r}"
+
+
+class Boolean:
+    """True or False (not 0 / 1)."""
+
+    def is_satisfied_by(self, value) -> bool:
+        return isinstance(value, (bool, np.bool_))
+
+    def __str__(self) -> str:
+        return "True or False"
+
+
+class Device:
+    """A torch device this machine has: "auto", "cpu", "cuda[:N]" (the check names what is missing)."""
+
+    def is_satisfied_by(self, value) -> bool:
+        return isinstance(value, str)
+
+    def check(self, name: str, value) -> None:
+        from aerec._torch import resolve_device
+
+        resolve_device(value)  # a ValueError naming the device when it is unknown or unavailable
+
+    def __str__(self) -> str:
+        return "'auto', 'cpu' or an available 'cuda[:N]'"
+
+
+class Satisfies:
+    """Whatever ``predicate`` accepts, described by ``description`` (e.g. "a tuple of positive integers")."""
+
+    def __init__(self, predicate: Callable[[object], bool], description: str):
+        self.predicate, self.description = predicate, description
+
+    def is_satisfied_by(self, value) -> bool:
+        try:
+            return bool(self.predicate(value))
+        except (TypeError, ValueError):
+            return False
+
+    def __str__(self) -> str:
+        return self.description
+
+
+#: The one seed range of the package: what numpy's legacy RandomState (the splits), numpy's Generator and torch all take.
+SEED = Interval(int, 0, 2**32 - 1)
+
+
+#: Entries most tables use.
+POSITIVE_INT = Interval(int, 1, None)
+POSITIVE = Interval(float, 0, None, closed="neither")
+NON_NEGATIVE = Interval(float, 0, None)
+PROBABILITY = Interval(float, 0, 1, closed="left")
+
+
+def _satisfied(entry, value) -> bool:
+    return value is None if entry is None else entry.is_satisfied_by(value)
+
+
+def describe(entries) -> str:
+    """What a constraint list accepts, in words (for errors and the CLI's help)."""
+    return " or ".join("None" if entry is None else str(entry) for entry in entries)
+
+
+def check(name: str, value, *entries):
+    """Return ``value`` if one of ``entries`` accepts it, else raise a ValueError naming it and what was expected."""
+    for entry in entries:
+        if _satisfied(entry, value):
+            if hasattr(entry, "check"):
+                entry.check(name, value)
+            return value
+    raise ValueError(f"{name}={value!r}; expected {describe(entries)}")
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` as an int if it is a seed (an integer in [0, 2**32)), else a ValueError naming it."""
+    return int(check(name, value, SEED))
+
+
+def validate_params(constraints: dict, params: dict) -> None:
+    """Check every parameter of ``params`` that ``constraints`` lists (see the module docstring)."""
+    for name, entries in constraints.items():
+        if name in params:
+            check(name, params[name], *entries)
