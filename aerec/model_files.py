@@ -31,14 +31,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aerec import __version__
+from aerec._version import __version__
 from aerec._torch import check_device_available, resolve_device
 from aerec.state import ModuleWeights, StateFileError, read_state, write_state
-from aerec.training import History
+from aerec.core.variational import ConstantBeta, LinearAnneal
+from aerec.training_state import History
 
 KIND = "config"
 FORMAT, FORMAT_VERSION = "aerec-model", 1
-SAVED_CLASSES = {"History": History}
+SAVED_CLASSES = {"History": History, "ConstantBeta": ConstantBeta, "LinearAnneal": LinearAnneal}
+#: Fitted attributes renamed since a model file was written: read under their new names.
+RENAMED = {"net_": "module_"}
 AEREC_ENTRIES = (f"{KIND}.json", "checkpoint")  # besides tensor files: what a model directory may already hold
 
 
@@ -109,6 +112,7 @@ def check_scores_a_user(model, where: str) -> None:
 
 def restore(model, fitted: dict, device: str | None, where: str) -> None:
     """Set the fitted attributes on ``model``: plain values first, then each module rebuilt and loaded."""
+    fitted = {RENAMED.get(name, name): value for name, value in fitted.items()}
     modules = {name: value for name, value in fitted.items() if isinstance(value, ModuleWeights)}
     plain = {name: value for name, value in fitted.items() if name not in modules}
     bad = [name for name in fitted if not (isinstance(name, str) and name.endswith("_") and not name.startswith("_"))]
@@ -122,8 +126,7 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
         model.restore_fitted_state(plain)
         for name, weights in modules.items():
             check_module_shapes(model, name, weights, where)
-            with torch.random.fork_rng(devices=[]):  # building a module seeds torch; the caller's stream stays
-                module = model.new_module()
+            module = model.new_module()  # drawn from the model's own generator: the caller's stream stays
             module.load_state_dict(weights.state_dict, strict=True)
             setattr(model, name, module.to(getattr(model, "device_", "cpu")).eval())
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
@@ -154,7 +157,7 @@ def check_module_shapes(model, name: str, weights: ModuleWeights, where: str) ->
     if not isinstance(weights.state_dict, dict):
         raise StateFileError(f"{where} holds {name} weights of type {type(weights.state_dict).__name__}; "
                              "expected a dict of tensors")
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    with torch.device("meta"):
         expected = {key: tuple(value.shape) for key, value in model.new_module().state_dict().items()}
     saved = {key: tuple(getattr(value, "shape", ())) for key, value in weights.state_dict.items()}
     if saved != expected:

@@ -8,10 +8,10 @@ import scipy.sparse as sp
 import torch
 
 from aerec.data import random_holdout
-from aerec.training import TrainingState
 from aerec.evaluation import rmse
 from aerec.models import NotFittedError
 from aerec.models.autorec import AutoRec, AutoRecNet, _reference_rprop_schedule, autorec_loss, autorec_objective
+from aerec.training import TrainingState
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,11 +11,11 @@ import torch
 
 import aerec.models.cdae as cdae_module
 from aerec.data import per_user_holdout, strong_generalization
-from aerec.training import TrainingState
 from aerec.data.batching import RowBatch
 from aerec.evaluation import evaluate_ranking
 from aerec.models import Popularity
 from aerec.models.cdae import CDAE, CDAENet, sample_negatives
+from aerec.training import TrainingState
 from tests.conftest import random_implicit_csr
 
 FAST = {"hidden": 8, "epochs": 5, "batch_size": 16, "lr": 1e-2, "fold_in_steps": 10, "device": "cpu"}

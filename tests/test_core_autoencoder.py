@@ -1,4 +1,4 @@
-"""aerec.core.Autoencoder: the properties each kind must show, measured on synthetic data."""
+"""aerec.models.Autoencoder: the properties each kind must show, measured on synthetic data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from scipy.linalg import subspace_angles
 from scipy.stats import rankdata
 
-from aerec.core.autoencoder import Autoencoder, NotFittedError
+from aerec.models import Autoencoder, NotFittedError
 
 
 def low_rank(n=2000, d=12, k=3, scales=(5.0, 3.0, 2.0), noise=0.1, seed=0):

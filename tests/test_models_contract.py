@@ -25,6 +25,7 @@ FAST_PARAMS = {
     "mult_dae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
     "cdae": {"hidden": 8, "epochs": 5, "batch_size": 16, "fold_in_steps": 10},
     "autorec": {"hidden": 16, "epochs": 20},
+    "autoencoder": {"hidden": (8,), "loss": "multinomial", "epochs": 5, "batch_size": 16},
 }
 
 
@@ -156,7 +157,8 @@ def test_beats_popularity_on_ml100k_heldout_users(ml100k_strong, name):
     split = ml100k_strong
     params = {"ease": {"l2": 500.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64},
               "mult_vae": {"epochs": 5, "batch_size": 100, "lr": 3e-3},
-              "mult_dae": {"epochs": 5, "batch_size": 100, "lr": 3e-3}, "cdae": {"epochs": 15}}[name]
+              "mult_dae": {"epochs": 5, "batch_size": 100, "lr": 3e-3}, "cdae": {"epochs": 15},
+              "autoencoder": {"hidden": (100,), "loss": "multinomial", "epochs": 10, "batch_size": 100, "lr": 3e-3}}[name]
 
     def ndcg(model):
         fitted = model.fit(split.train)

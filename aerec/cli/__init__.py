@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from aerec import __version__
+from aerec._version import __version__
 from aerec.cli import datasets, demo, evaluate, recommend, train
 from aerec.cli.common import CliError, OneLineParser
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aerec import __version__
+from aerec._version import __version__
 from aerec.cli.common import (
     CliError,
     Split,
@@ -85,11 +85,11 @@ def run(args) -> int:
 
 
 def load_saved(args):
-    import aerec
+    import aerec.model_files as model_files
 
     if args.param:
         raise CliError("--param applies to a model name; a saved model keeps the hyper-parameters it was trained with")
-    model = aerec.load(args.model)
+    model = model_files.load(args.model)
     config = json.loads((Path(args.model) / "config.json").read_text())
     recorded = dict(config.get("metadata", {}))
     recorded["model_name"] = config["model"]

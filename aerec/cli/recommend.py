@@ -40,7 +40,7 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    import aerec
+    import aerec.model_files as model_files
 
     check_positive_int("--n", args.n)
     check_positive_int("--memory-mib", args.memory_mib)
@@ -49,7 +49,7 @@ def run(args) -> int:
         raise CliError(f"--output {output}: expected a name ending in {' or '.join(OUTPUT_FORMATS)}")
     if not Path(args.model).is_dir():
         raise CliError(f"--model {args.model} is not a directory; expected one written by aerec train")
-    model = aerec.load(args.model, device=args.device)
+    model = model_files.load(args.model, device=args.device)
     if args.n > model.n_items_:
         raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
     users = load_dataset(args.input, None, "--input")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from aerec import __version__
+from aerec._version import __version__
 from aerec.cli.common import (
     CliError,
     add_dataset_arguments,
@@ -62,10 +62,10 @@ def run(args) -> int:
     check_device_param(params)
     out = Path(args.out)
     if check_out(out, args.resume, args.overwrite) == "finished":
-        import aerec
+        import aerec.model_files as model_files
 
         progress(f"{out} already holds the finished model; nothing to resume")
-        aerec.load(out)  # a damaged model directory is refused by name rather than reported on
+        model_files.load(out)  # a damaged model directory is refused by name rather than reported on
         return report_saved(out, args.json)
     if args.protocol == "ratings" and not hasattr(model, "predict"):
         raise CliError(f"model {args.model!r} ranks items but does not predict ratings; "
@@ -90,12 +90,12 @@ def run(args) -> int:
     if rank != 0:
         return 0
     progress(f"fitted {model} in {seconds:.2f} s" + (f" on {world} processes" if world > 1 else ""))
-    import aerec
+    import aerec.model_files as model_files
 
     metadata = {"dataset": str(args.dataset), "protocol": split.protocol, "seed": split.seed,
                 "n_heldout": split.n_heldout, "split": split.summary, "fit_seconds": seconds, "processes": world,
                 "command": ["aerec", *sys.argv[1:]] if Path(sys.argv[0]).name in ("aerec", "__main__.py") else None}
-    aerec.save(model, out, metadata=metadata)
+    model_files.save(model, out, metadata=metadata)
     shutil.rmtree(out / CHECKPOINT_FOLDER, ignore_errors=True)  # the saved model supersedes it
     return report_saved(out, args.json)
 

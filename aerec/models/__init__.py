@@ -5,6 +5,7 @@ model means adding a line here.
 """
 
 from aerec.models.als import ALS
+from aerec.models.autoencoder import Autoencoder
 from aerec.models.autorec import AutoRec
 from aerec.models.base import NotFittedError, Recommender
 from aerec.models.bias import BiasBaseline
@@ -13,6 +14,7 @@ from aerec.models.cdae import CDAE
 from aerec.models.ease import EASE
 from aerec.models.mult_vae import MultDAE, MultVAE
 from aerec.models.popularity import Popularity
+from aerec.models.torch_base import TorchRecommender
 
 MODELS: dict[str, type[Recommender]] = {
     "popularity": Popularity,
@@ -24,6 +26,7 @@ MODELS: dict[str, type[Recommender]] = {
     "mult_dae": MultDAE,
     "cdae": CDAE,
     "autorec": AutoRec,
+    "autoencoder": Autoencoder,
 }
 
 
@@ -40,4 +43,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "AutoRec", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "make_model"]
+__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "TorchRecommender", "make_model"]

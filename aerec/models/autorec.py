@@ -24,7 +24,6 @@ number of ratings times ``k``; the first layer reads a sparse batch.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import scipy.sparse as sp

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from aerec.data.interactions import Interactions
-from aerec.params import check_seed, validate_params
+from aerec.params import validate_params
 from aerec.ranking import batch_rows_for_budget, default_memory_budget, stream_top_n
 
 
@@ -55,13 +55,18 @@ class Recommender:
         """
         self._checkpoint, self._callbacks, self._warm_start = checkpoint, tuple(callbacks), bool(warm_start)
         self.check_params()
-        matrix = as_csr(train, "train")
-        if matrix.nnz == 0:
-            raise ValueError(f"train has no interactions (shape {matrix.shape}); expected at least one")
+        matrix = self.as_training_matrix(train)
         self.n_items_ = matrix.shape[1]
         self.item_ids_ = train.item_ids if isinstance(train, Interactions) else np.arange(matrix.shape[1])
         self._fit(matrix, validation)
         return self
+
+    def as_training_matrix(self, train):
+        """``train`` as the matrix ``_fit`` receives: a float32 CSR with at least one interaction."""
+        matrix = as_csr(train, "train")
+        if matrix.nnz == 0:
+            raise ValueError(f"train has no interactions (shape {matrix.shape}); expected at least one")
+        return matrix
 
     def training_checkpoint(self):
         """The ``fit(checkpoint=...)`` setting as a :class:`~aerec.training.Checkpointing` tagged with this model.

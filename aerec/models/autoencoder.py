@@ -1,4 +1,4 @@
-"""A general autoencoder estimator over the core pieces: embedding, denoising, anomaly scoring.
+"""A general autoencoder estimator over the core pieces: embedding, denoising, anomaly scoring, recommending.
 
 The family as surveyed by Bank, Koenigstein and Giryes ("Autoencoders", 2020)
 and Goodfellow, Bengio and Courville (Deep Learning, ch. 14):
@@ -15,13 +15,15 @@ and Goodfellow, Bengio and Courville (Deep Learning, ch. 14):
   (beta-VAE when != 1, or a linear anneal), or the importance-weighted bound
   with ``iwae_samples`` > 1 (Burda et al. 2016).
 
-scikit-learn habits: hyper-parameters in ``__init__``, learned state ends in
-``_``, ``fit`` returns ``self``, ``transform`` is ``embed``.
+It is a model like the recommenders (:class:`~aerec.models.torch_base.TorchRecommender`):
+trained by the one loop, saved and loaded by :func:`aerec.save` / :func:`aerec.load`,
+registered as ``"autoencoder"``. Given users' rows it recommends the items of
+highest reconstruction. scikit-learn habits: ``fit(X)`` takes a dense array or a
+sparse matrix, ``transform`` is ``embed``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,41 +31,47 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from aerec._torch import resolve_device
-from aerec.core.corruption import make_corruption
-from aerec.core.layers import DenseStack, weight_matrices
+from aerec.core.corruption import CORRUPTIONS, make_corruption
+from aerec.core.layers import ACTIVATIONS, DenseStack, weight_matrices
 from aerec.core.losses import bernoulli_nll, gaussian_nll, multinomial_nll
 from aerec.core.penalties import contractive, contractive_sigmoid, kl_sparsity, l1_activity, l2_weight_decay
-from aerec.core.variational import GaussianLatent, iwae_bound, kl_standard_normal, make_beta_schedule, reparameterize
-from aerec.data.batching import iter_row_batches
-from aerec.training import TrainConfig, train
+from aerec.core.variational import (BetaSchedule, GaussianLatent, iwae_bound, kl_standard_normal, make_beta_schedule,
+                                    reparameterize)
+from aerec.data.batching import RowBatch, iter_row_batches
+from aerec.data.interactions import Interactions
+from aerec.models.torch_base import TorchRecommender, store_params
+from aerec.params import NON_NEGATIVE, POSITIVE_INT, Boolean, Interval, Options, Satisfies, check
+from aerec.training import OPTIMIZERS
+
+__all__ = ["Autoencoder", "AutoencoderNet"]
 
 KINDS = ("undercomplete", "sparse", "denoising", "contractive", "variational")
 LOSSES = ("gaussian", "bernoulli", "multinomial")
 RECONSTRUCTION = {"gaussian": gaussian_nll, "bernoulli": bernoulli_nll, "multinomial": multinomial_nll}
-
-
-class NotFittedError(ValueError):
-    """The estimator was used before ``fit``."""
+ROWS_PER_BATCH = 4096
 
 
 class AutoencoderNet(nn.Module):
-    """Encoder (optionally a Gaussian latent), decoder and input corruption."""
+    """Encoder (optionally a Gaussian latent), decoder and input corruption; initial weights from ``generator``."""
 
     def __init__(self, n_features: int, hidden: tuple[int, ...], activation: str, tied: bool, variational: bool,
-                 corruption: nn.Module):
+                 corruption: nn.Module, generator: torch.Generator | None = None):
         super().__init__()
         self.corruption = corruption
         self.variational = variational
         if variational:
             body = (n_features, *hidden[:-1])
-            self.encoder = DenseStack(body, activation, final_activation=activation) if len(body) > 1 else nn.Identity()
-            self.latent = GaussianLatent(body[-1], hidden[-1])
-            self.decoder = DenseStack((*reversed(hidden), n_features), activation, final_activation="identity")
+            self.encoder = (DenseStack(body, activation, final_activation=activation, generator=generator)
+                            if len(body) > 1 else nn.Identity())
+            self.latent = GaussianLatent(body[-1], hidden[-1], generator=generator)
+            self.decoder = DenseStack((*reversed(hidden), n_features), activation, final_activation="identity",
+                                      generator=generator)
         else:
-            self.encoder = DenseStack((n_features, *hidden), activation, final_activation=activation)
-            self.decoder = (self.encoder.tied_decoder("identity") if tied else
-                            DenseStack((*reversed(hidden), n_features), activation, final_activation="identity"))
+            self.encoder = DenseStack((n_features, *hidden), activation, final_activation=activation,
+                                      generator=generator)
+            self.decoder = (self.encoder.tied_decoder("identity", generator) if tied else
+                            DenseStack((*reversed(hidden), n_features), activation, final_activation="identity",
+                                       generator=generator))
 
     def encode(self, x: torch.Tensor):
         """The code, or (mu, logvar) for the variational kind."""
@@ -79,7 +87,12 @@ class _Terms:
     penalty: torch.Tensor  # scalar
 
 
-class Autoencoder:
+def _is_widths(hidden) -> bool:
+    return (isinstance(hidden, (tuple, list)) and len(hidden) > 0
+            and all(POSITIVE_INT.is_satisfied_by(width) for width in hidden))
+
+
+class Autoencoder(TorchRecommender):
     """One estimator for the autoencoder family (see the module docstring).
 
     Parameters
@@ -108,77 +121,88 @@ class Autoencoder:
         Importance samples of the variational bound (1: the ELBO).
     l2 : float
         (l2 / 2) * sum of squared weight norms, as AutoRec writes it.
-    epochs, batch_size, lr, optimizer, seed, device, patience, progress : training settings
-        (see :class:`aerec.training.TrainConfig`).
+    optimizer : str
+        The loop's optimizer (:class:`aerec.training.TrainConfig`).
+    batch_size : int or None
+        Rows per update; None trains full-batch.
+    epochs=100, lr=1e-3, seed, device, patience, progress, max_seconds
+        The shared training parameters (:mod:`aerec.models.torch_base`); with validation
+        rows, the epoch of lowest mean anomaly score on them is kept.
     """
+
+    parameter_constraints = {
+        "kind": [Options(*KINDS)], "hidden": [Satisfies(_is_widths, "a non-empty tuple of positive integers")],
+        "activation": [Options(*ACTIVATIONS)], "loss": [Options(*LOSSES)], "tied_weights": [Boolean()],
+        "corruption": [None, Options(*CORRUPTIONS)], "corruption_level": [NON_NEGATIVE],
+        "sparsity": [Options("kl", "l1")], "sparsity_weight": [NON_NEGATIVE],
+        "rho": [Interval(float, 0, 1, closed="neither")], "contractive_weight": [NON_NEGATIVE],
+        "beta": [NON_NEGATIVE, Satisfies(lambda value: isinstance(value, BetaSchedule), "a BetaSchedule")],
+        "iwae_samples": [POSITIVE_INT], "l2": [NON_NEGATIVE], "optimizer": [Options(*OPTIMIZERS)],
+        "batch_size": [POSITIVE_INT, None],
+    }
+    maximize_validation = False
+    score_batch_rows = ROWS_PER_BATCH
 
     def __init__(self, kind: str = "undercomplete", hidden: tuple = (32,), activation: str = "tanh",
                  loss: str = "gaussian", tied_weights: bool = False, corruption: str | None = None,
                  corruption_level: float = 0.25, sparsity: str = "kl", sparsity_weight: float = 1.0, rho: float = 0.05,
                  contractive_weight: float = 0.1, beta=1.0, iwae_samples: int = 1, l2: float = 0.0,
                  epochs: int = 100, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam", seed: int = 0,
-                 device: str = "auto", patience: int | None = None, progress: bool = False):
-        self.kind = kind
-        self.hidden = hidden
-        self.activation = activation
-        self.loss = loss
-        self.tied_weights = tied_weights
-        self.corruption = corruption
-        self.corruption_level = corruption_level
-        self.sparsity = sparsity
-        self.sparsity_weight = sparsity_weight
-        self.rho = rho
-        self.contractive_weight = contractive_weight
-        self.beta = beta
-        self.iwae_samples = iwae_samples
-        self.l2 = l2
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.optimizer = optimizer
-        self.seed = seed
-        self.device = device
-        self.patience = patience
-        self.progress = progress
+                 device: str = "auto", patience: int | None = None, progress: bool = False,
+                 max_seconds: float | None = None):
+        store_params(self, locals())
 
-    # -- fitting -------------------------------------------------------------------
-    def fit(self, X, validation=None) -> "Autoencoder":
-        """Learn from the rows of ``X`` (dense array or CSR); with ``validation`` rows, keep the best epoch."""
-        self._validate_params()
-        X = _check_matrix(X, "X")
-        self.n_features_in_ = X.shape[1]
-        self.beta_schedule_ = make_beta_schedule(self.beta) if self.kind == "variational" else None
-        torch.manual_seed(self.seed)  # the initial weights depend on the seed only
-        self.module_ = AutoencoderNet(self.n_features_in_, tuple(self.hidden), self.activation, self.tied_weights,
-                                      self.kind == "variational", make_corruption(*self._corruption_setting()))
-        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                             seed=self.seed, device=self.device, patience=self.patience, progress=self.progress)
-        validate = None
-        if validation is not None:
-            held = self._check_input(validation, "validation")
-            validate = lambda module: float(self._score_rows(held).mean())  # noqa: E731
-        self.history_ = train(self.module_, X, self._step_loss, config, validate=validate, maximize=False,
-                              desc=f"{self.kind} autoencoder")
-        return self
+    def check_param_combinations(self) -> None:
+        if self.kind == "variational" and self.tied_weights:
+            raise ValueError("tied_weights=True is not available for kind='variational'")
+        make_corruption(*self._corruption_setting())  # a level out of the corruption's range is named there
 
-    def _step_loss(self, module, batch, state) -> dict:
+    # -- the model's pieces ----------------------------------------------------------------
+    def as_training_matrix(self, train):
+        """Rows of features: a dense array, a sparse matrix or :class:`~aerec.data.Interactions`."""
+        return _check_matrix(train, "X")
+
+    @property
+    def n_features_in_(self) -> int:
+        """Input width (scikit-learn's name): the fitted number of columns."""
+        self.check_fitted()
+        return self.n_items_
+
+    def build_module(self, generator: torch.Generator) -> AutoencoderNet:
+        return AutoencoderNet(self.n_items_, tuple(self.hidden), self.activation, self.tied_weights,
+                              self.kind == "variational", make_corruption(*self._corruption_setting()), generator)
+
+    def batch_loss(self, module: AutoencoderNet, batch: RowBatch, state) -> dict:
+        """``{"loss", "reconstruction", "penalty"}``: mean reconstruction NLL (or negative bound) + the kind's penalty."""
         x = batch.dense
-        terms = self._forward(module, module.corruption(x), x, state.update, sample=True)
+        terms = self._forward(module, module.corruption(x, state.generator), x, state.update, True, state.generator)
         loss = terms.reconstruction.mean() + terms.penalty
         if self.l2:
             loss = loss + l2_weight_decay(weight_matrices(module), self.l2) / len(x)
         return {"loss": loss, "reconstruction": terms.reconstruction.mean().detach(), "penalty": terms.penalty.detach()}
 
-    def _forward(self, module, x_in, x, update: int, sample: bool, iwae_samples: int | None = None) -> _Terms:
+    def validation_metric(self, validation):
+        if validation is None:
+            return None
+        rows = self._check_input(validation, "validation")
+        return lambda module: float(self._score_rows(rows).mean())
+
+    def score_batch(self, module: AutoencoderNet, batch: RowBatch) -> torch.Tensor:
+        """A row's reconstruction before the output function (logits, or means): items ranked by it."""
+        return module.decoder(self._code(module, batch.dense))
+
+    def _forward(self, module, x_in, x, update: int, sample: bool, generator: torch.Generator | None,
+                 iwae_samples: int | None = None) -> _Terms:
         reconstruction = RECONSTRUCTION[self.loss]
         if module.variational:
             mu, logvar = module.encode(x_in)
             k = iwae_samples or self.iwae_samples
             if k > 1:
-                bound = iwae_bound(lambda z: -reconstruction(module.decoder(z), x.repeat(k, 1)), mu, logvar, k)
+                bound = iwae_bound(lambda z: -reconstruction(module.decoder(z), x.repeat(k, 1)), mu, logvar, k,
+                                   generator=generator)
                 return _Terms(-bound, torch.zeros((), device=x.device))
-            z = reparameterize(mu, logvar, sample=sample)
-            beta = self.beta_schedule_(update)
+            z = reparameterize(mu, logvar, sample=sample, generator=generator)
+            beta = make_beta_schedule(self.beta)(update)
             return _Terms(reconstruction(module.decoder(z), x) + beta * kl_standard_normal(mu, logvar),
                           torch.zeros((), device=x.device))
         code = module.encode(x_in)
@@ -215,18 +239,18 @@ class Autoencoder:
         """Per-row negative log-likelihood of the reconstruction; for the variational kind the
         negative ELBO, or the negative importance-weighted bound with ``iwae_samples`` > 1."""
         if iwae_samples is not None:
-            _check_int("iwae_samples", iwae_samples, 1)
+            check("iwae_samples", iwae_samples, POSITIVE_INT)
         rows = self._check_input(X, "X")
         return self._score_rows(rows, iwae_samples).cpu().numpy().astype(np.float64)
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """Draw ``n`` rows from the generative model (variational kind only): decode z ~ N(0, I)."""
-        self._check_fitted()
+        self.check_fitted()
         if self.kind != "variational":
             raise ValueError(f"sample() needs kind='variational'; this autoencoder is kind={self.kind!r}")
-        _check_int("n", n, 1)
+        check("n", n, POSITIVE_INT)
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        z = torch.randn(n, self.hidden[-1], generator=generator).to(_device_of(self.module_))
+        z = torch.randn(n, self.hidden[-1], generator=generator).to(self.device_)
         with torch.no_grad():
             return _output(self.loss, self.module_.decoder(z)).cpu().numpy()
 
@@ -236,18 +260,18 @@ class Autoencoder:
         return code[0] if module.variational else code
 
     def _score_rows(self, rows, iwae_samples: int | None = None) -> torch.Tensor:
-        module = self.module_
+        """Per-row scores; the variational ones draw from a generator seeded by ``seed``: the same every call."""
+        module, device = self.module_, self.device_
+        was_training = module.training
         module.eval()
-        scores = []
-        device = _device_of(module)
-        # the variational scores draw samples: the same draws every call, and the training RNG left as it was
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            for batch in iter_row_batches(rows, 4096, device):
-                x = batch.dense
-                sample = module.variational
-                terms = self._forward(module, x, x, update=10**12, sample=sample, iwae_samples=iwae_samples)
-                scores.append(terms.reconstruction)
+        generator = torch.Generator(device=device).manual_seed(int(self.seed))
+        try:
+            with torch.no_grad():
+                scores = [self._forward(module, batch.dense, batch.dense, update=10**12, sample=module.variational,
+                                        generator=generator, iwae_samples=iwae_samples).reconstruction
+                          for batch in iter_row_batches(rows, ROWS_PER_BATCH, device)]
+        finally:
+            module.train(was_training)
         return torch.cat(scores)
 
     def _map_rows(self, X, function) -> np.ndarray:
@@ -255,57 +279,20 @@ class Autoencoder:
         module = self.module_
         module.eval()
         with torch.no_grad():
-            parts = [function(module, batch.dense).cpu() for batch in iter_row_batches(rows, 4096, _device_of(module))]
+            parts = [function(module, batch.dense).cpu() for batch in iter_row_batches(rows, ROWS_PER_BATCH, self.device_)]
         return torch.cat(parts).numpy()
 
     def _check_input(self, X, name: str):
-        self._check_fitted()
+        self.check_fitted()
         X = _check_matrix(X, name)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"{name} has {X.shape[1]} columns; expected {self.n_features_in_}, as in fit")
+        if X.shape[1] != self.n_items_:
+            raise ValueError(f"{name} has {X.shape[1]} columns; expected {self.n_items_}, as in fit")
         return X
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "module_"):
-            raise NotFittedError("this Autoencoder is not fitted yet; call fit(X) first")
 
     def _corruption_setting(self) -> tuple:
         if self.kind == "denoising":
             return (self.corruption or "masking", self.corruption_level)
         return (self.corruption, self.corruption_level)
-
-    def _validate_params(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r}; expected one of {LOSSES}")
-        hidden = tuple(self.hidden) if isinstance(self.hidden, (tuple, list)) else None
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
-            raise ValueError(f"hidden={self.hidden!r}; expected a non-empty tuple of positive integers")
-        if self.kind == "variational" and self.tied_weights:
-            raise ValueError("tied_weights=True is not available for kind='variational'")
-        if self.sparsity not in ("kl", "l1"):
-            raise ValueError(f"sparsity={self.sparsity!r}; expected 'kl' or 'l1'")
-        if not 0 < self.rho < 1:
-            raise ValueError(f"rho={self.rho!r}; expected a target activation in (0, 1)")
-        for name in ("sparsity_weight", "contractive_weight", "l2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r}; expected a number >= 0")
-        if isinstance(self.beta, (int, float)) and self.beta < 0:
-            raise ValueError(f"beta={self.beta!r}; expected a KL weight >= 0")
-        _check_int("iwae_samples", self.iwae_samples, 1)
-        resolve_device(self.device)
-
-    def get_params(self) -> dict:
-        import inspect
-
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"}
-
-    def __repr__(self) -> str:
-        defaults = type(self)().get_params()
-        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
-        return f"Autoencoder({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 
 def _output(loss: str, raw: torch.Tensor) -> torch.Tensor:
@@ -317,7 +304,9 @@ def _output(loss: str, raw: torch.Tensor) -> torch.Tensor:
 
 
 def _check_matrix(X, name: str):
-    """A 2-D finite float32 array, or a CSR matrix; clear errors otherwise."""
+    """A 2-D finite float32 array, or a CSR matrix (from a sparse matrix or Interactions); clear errors otherwise."""
+    if isinstance(X, Interactions):
+        X = X.matrix
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=np.float32)
         values = X.data
@@ -334,12 +323,3 @@ def _check_matrix(X, name: str):
     if not np.isfinite(values).all():
         raise ValueError(f"{name} holds {int((~np.isfinite(values)).sum())} NaN or inf value(s); expected finite numbers")
     return X
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}={value!r}; expected an integer >= {low}")
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
