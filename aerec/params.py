@@ -26,7 +26,7 @@ from numbers import Integral, Real
 import numpy as np
 
 __all__ = ["Boolean", "Device", "Interval", "NON_NEGATIVE", "Options", "POSITIVE", "POSITIVE_INT", "PROBABILITY", "SEED",
-           "Satisfies", "check", "check_seed", "describe", "validate_params"]
+           "Satisfies", "check", "check_real", "check_seed", "describe", "validate_params"]
 
 #: Largest integer any parameter may take: larger ones overflow every tensor and numpy type downstream.
 MAX_INT = 2**63 - 1
@@ -169,6 +169,13 @@ def check(name: str, value, *entries):
                 entry.check(name, value)
             return value
     raise ValueError(f"{name}={value!r}; expected {describe(entries)}")
+
+
+def check_real(name: str, value, low: float | None = None, high: float | None = None, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """``value`` as a float if it is a finite number in the range (None: unbounded), else a ValueError naming it."""
+    closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}
+    return float(check(name, value, Interval(float, low, high, closed=closed[low_open, high_open])))
 
 
 def check_seed(value, name: str = "seed") -> int:

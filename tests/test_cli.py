@@ -88,3 +88,37 @@ def test_demo_prints_metrics_and_titled_recommendations(capsys):
     assert "ease" in out and "popularity" in out and "EASE's top 10" in out
     ranked = [line for line in out.splitlines() if re.match(r"^\s+\d+\. [ *] .+\(\d{4}\)$", line)]
     assert len(ranked) == 10  # ten recommendations, each a movie title with its year
+
+
+# -- aerec models: the constraints tables, as the CLI shows them --------------------------------------------
+def test_models_lists_every_registered_model(capsys):
+    from aerec.models import MODELS
+
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0 and [row["name"] for row in json.loads(out)["models"]] == list(MODELS)
+
+
+@pytest.mark.parametrize("name", ["mult_vae", "cdae", "autorec", "autoencoder", "ease", "als"])
+def test_models_name_reads_the_models_constraints_table(capsys, name):
+    from aerec.models import MODELS
+    from aerec.params import describe
+
+    code, out, _ = run(capsys, "models", name, "--json")
+    rows = json.loads(out)["parameters"]
+    assert code == 0 and [row["name"] for row in rows] == MODELS[name].param_names()
+    assert all(row["accepts"] == describe(MODELS[name].constraints()[row["name"]]) for row in rows)
+
+
+def test_models_refuses_an_unknown_name(capsys):
+    code, _, err = run(capsys, "models", "vae")
+    assert code == 2 and "unknown model 'vae'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tuple_parameter_goes_in_as_comma_separated_values(capsys, tmp_path):
+    path = tmp_path / "clicks.csv"
+    rows = [(u, i) for u in range(60) for i in range(20) if (u * 7 + i * 3) % 3 != 0]
+    path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in rows))
+    code, out, err = run(capsys, "evaluate", "--dataset", str(path), "--protocol", "per-user", "--model", "autoencoder",
+                         "--param", "hidden=6,3", "--param", "epochs=2", "--param", "loss=multinomial", "--k", "5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["params"]["hidden"] == [6, 3]

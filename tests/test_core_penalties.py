@@ -109,11 +109,11 @@ def test_jacobian_of_a_linear_map_is_its_weight():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda h: kl_sparsity(h, 0.0, 1.0), r"rho=0.0; expected a finite number in \(0.0, 1.0\)"),
+        (lambda h: kl_sparsity(h, 0.0, 1.0), r"rho=0.0; expected a finite number in \(0, 1\)"),
         (lambda h: kl_sparsity(h, 1.0, 1.0), r"rho=1.0"),
         (lambda h: kl_sparsity(h, 1.2, 1.0), r"rho=1.2"),
-        (lambda h: kl_sparsity(h, 0.1, -1.0), r"weight=-1.0; expected a finite number >= 0.0"),
-        (lambda h: l1_activity(h, -0.5), r"lam=-0.5; expected a finite number >= 0.0"),
+        (lambda h: kl_sparsity(h, 0.1, -1.0), r"weight=-1.0; expected a finite number >= 0"),
+        (lambda h: l1_activity(h, -0.5), r"lam=-0.5; expected a finite number >= 0"),
         (lambda h: l2_weight_decay([h], -2), r"lam=-2"),
         (lambda h: l2_weight_decay([], 0.1), r"weights holds 0 item\(s\)"),
         (lambda h: contractive_sigmoid(h, torch.ones(4, 3), -1e-3), r"lam=-0.001"),

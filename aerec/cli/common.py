@@ -72,6 +72,9 @@ def parse_params(pairs: list[str]) -> dict:
 
 
 def parse_value(raw: str):
+    """``true``/``false``, ``none``, an int, a float, ``a,b,...`` (a tuple of such values, e.g. ``hidden=64,8``), or the text."""
+    if "," in raw:
+        return tuple(parse_value(part) for part in raw.split(",") if part)
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"

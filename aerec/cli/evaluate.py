@@ -37,7 +37,7 @@ def register(commands) -> None:
     parser.add_argument("--model", required=True,
                         help=f"a model name ({', '.join(sorted(MODELS))}) or a directory written by aerec train")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="with a model name: a hyper-parameter, repeatable (e.g. --param l2=500)")
+                        help="with a model name: a hyper-parameter, repeatable (e.g. --param l2=500); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser, defaults_from_model=True)
     parser.add_argument("--k", type=int, nargs="+", default=[20, 50, 100], help="cut-offs (default 20 50 100)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

@@ -40,7 +40,7 @@ def register(commands) -> None:
                     "interrupted run from there.")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="model name")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a model hyper-parameter, repeatable (e.g. --param epochs=100 --param patience=20)")
+                        help="a model hyper-parameter, repeatable (e.g. --param epochs=100 --param patience=20); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser)
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument("--resume", action="store_true",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aerec.core.layers import check_choice, check_real
+from aerec.params import Options, check, check_real
 
 __all__ = ["CORRUPTIONS", "GaussianNoise", "MaskingNoise", "NoCorruption", "SaltAndPepper", "make_corruption"]
 
@@ -203,7 +203,7 @@ def make_corruption(kind: str | None, level: float) -> nn.Module:
         For an unknown ``kind`` or a ``level`` out of its range.
     """
     kind = "none" if kind is None else kind
-    check_choice("kind", kind, CORRUPTIONS)
+    check("kind", kind, Options(*CORRUPTIONS))
     if kind == "none":
         check_real("level", level)
         return NoCorruption()

@@ -14,9 +14,7 @@ Learning*, ch. 14):
   :meth:`DenseStack.tied_decoder` building the mirrored, weight-tied decoder;
 - :func:`weight_matrices` lists the weight matrices for an L2 penalty.
 
-The small argument checks at the bottom (:func:`check_real`,
-:func:`check_positive_int`, :func:`check_choice`) are shared by the other
-``aerec.core`` modules.
+Arguments are checked with :mod:`aerec.params`, as everywhere in aerec.
 """
 
 from __future__ import annotations
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from aerec.params import POSITIVE_INT, Options, check, check_real
 
 __all__ = [
     "ACTIVATIONS",
@@ -88,7 +88,7 @@ def make_activation(name: str) -> nn.Module:
     ValueError
         If ``name`` is not one of the allowed names.
     """
-    check_choice("activation", name, ACTIVATIONS)
+    check("activation", name, Options(*ACTIVATIONS))
     return _ACTIVATION_CLASSES[name]()
 
 
@@ -112,7 +112,7 @@ def init_linear_(weight: torch.Tensor, bias: torch.Tensor | None, init: str,
     generator : torch.Generator, optional
         Source of the draws (torch's global generator when None).
     """
-    check_choice("init", init, INITS)
+    check("init", init, Options(*INITS))
     with torch.no_grad():
         if init == "xavier":
             nn.init.xavier_uniform_(weight, generator=generator)
@@ -162,9 +162,9 @@ class SparseInputLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "torch",
                  dense_above: float = DENSE_INPUT_ABOVE, generator: torch.Generator | None = None) -> None:
-        check_positive_int("in_features", in_features)
-        check_positive_int("out_features", out_features)
-        check_choice("init", init, INITS)
+        check("in_features", in_features, POSITIVE_INT)
+        check("out_features", out_features, POSITIVE_INT)
+        check("init", init, Options(*INITS))
         check_real("dense_above", dense_above, low=0.0, high=1.0)
         self.dense_above = float(dense_above)
         # Set before nn.Linear.__init__, which calls reset_parameters (a plain string is safe to set this early).
@@ -249,7 +249,7 @@ class TiedLinear(nn.Module):
                 f"source={type(source).__name__} has no 2-D weight parameter; "
                 "expected a layer such as nn.Linear with weight of shape (out, in)"
             )
-        check_choice("init", init, INITS)
+        check("init", init, Options(*INITS))
         self.init = init
         self.weight = weight  # shared, not copied: registered here as well, deduplicated by .parameters()
         self.in_features, self.out_features = weight.shape  # (out, in) of the source: this layer maps back
@@ -371,12 +371,12 @@ class DenseStack(LayerStack):
             isinstance(widths, (str, bytes))
             or not isinstance(widths, (Sequence, np.ndarray))
             or len(widths) < 2
-            or not all(_is_positive_int(width) for width in widths)
+            or not all(POSITIVE_INT.is_satisfied_by(width) for width in widths)
         ):
             raise ValueError(f"widths={widths!r}; expected a sequence of at least two positive integers")
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("final_activation", final_activation, ACTIVATIONS)
-        check_choice("init", init, INITS)
+        check("activation", activation, Options(*ACTIVATIONS))
+        check("final_activation", final_activation, Options(*ACTIVATIONS))
+        check("init", init, Options(*INITS))
         widths = [int(width) for width in widths]
         first = (SparseInputLinear(widths[0], widths[1], init=init, generator=generator) if sparse_input
                  else dense_linear(*widths[:2], init, generator))
@@ -405,7 +405,7 @@ class DenseStack(LayerStack):
         -------
         LayerStack
         """
-        check_choice("final_activation", final_activation, ACTIVATIONS)
+        check("final_activation", final_activation, Options(*ACTIVATIONS))
         layers = [TiedLinear(layer, init=self.init, generator=generator) for layer in reversed(self.layers)]
         return LayerStack(layers, _activation_modules(len(layers), self.activation, final_activation))
 
@@ -504,54 +504,3 @@ def _check_input(x, in_features: int, allow_sparse: bool) -> None:
         raise TypeError(f"input must be {kind} torch.Tensor, got {got}")
     if x.ndim != 2 or x.shape[1] != in_features:
         raise ValueError(f"input has shape {tuple(x.shape)}; expected (batch, {in_features})")
-
-
-def check_choice(name: str, value, allowed: Sequence) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is one of ``allowed``."""
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not known; expected one of {', '.join(map(repr, allowed))}")
-
-
-def check_positive_int(name: str, value) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a positive integer (bool excluded)."""
-    if not _is_positive_int(value):
-        raise ValueError(f"{name}={value!r}; expected a positive integer")
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
-def check_real(
-    name: str,
-    value,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Return ``value`` as a float, or raise a ValueError naming it unless it is a finite real in the range.
-
-    The range is ``[low, high]``; ``low_open`` / ``high_open`` exclude that
-    end; ``None`` leaves that side unbounded.
-    """
-    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = real and bool(np.isfinite(value))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        expected = _describe_range(low, high, low_open, high_open)
-        raise ValueError(f"{name}={value!r}; expected a finite number {expected}")
-    return float(value)
-
-
-def _describe_range(low, high, low_open: bool, high_open: bool) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {high}"
-    return "(not NaN or inf)"

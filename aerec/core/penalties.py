@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from aerec._torch import flat_in_memory_order
-from aerec.core.layers import check_real
+from aerec.params import check_real
 
 __all__ = [
     "contractive",

@@ -33,6 +33,7 @@ from torch import nn
 
 from aerec.core.layers import dense_linear, init_linear_
 from aerec.core.losses import check_pair, gaussian_nll
+from aerec.params import POSITIVE_INT, check, check_real
 
 LogLikelihood = Callable[[torch.Tensor], torch.Tensor]
 INITS = ("torch", "xavier")
@@ -62,8 +63,8 @@ class GaussianLatent(nn.Module):
     def __init__(self, in_features: int, latent_dim: int, init: str = "torch",
                  generator: torch.Generator | None = None):
         super().__init__()
-        check_count("in_features", in_features)
-        check_count("latent_dim", latent_dim)
+        check("in_features", in_features, POSITIVE_INT)
+        check("latent_dim", latent_dim, POSITIVE_INT)
         if init not in INITS:
             raise ValueError(f"init={init!r}; expected one of {INITS}")
         self.in_features = int(in_features)
@@ -165,7 +166,7 @@ def elbo(log_likelihood: LogLikelihood, mu: torch.Tensor, logvar: torch.Tensor, 
         Source of the draw.
     """
     check_callable(log_likelihood)
-    check_beta("beta", beta)
+    check_real("beta", beta, low=0.0)
     z = reparameterize(mu, logvar, True, generator)
     return call_log_likelihood(log_likelihood, z) - beta * kl_standard_normal(mu, logvar)
 
@@ -242,7 +243,7 @@ class ConstantBeta(BetaSchedule):
     beta: float = 1.0
 
     def __post_init__(self):
-        check_beta("beta", self.beta)
+        check_real("beta", self.beta, low=0.0)
 
     def beta_at(self, update: int) -> float:
         return self.beta
@@ -273,7 +274,7 @@ class LinearAnneal(BetaSchedule):
     total_anneal_steps: int = 200_000
 
     def __post_init__(self):
-        check_beta("cap", self.cap)
+        check_real("cap", self.cap, low=0.0)
         steps = self.total_anneal_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"total_anneal_steps={steps!r}; expected an integer >= 1")
@@ -296,19 +297,6 @@ def make_beta_schedule(spec: float | BetaSchedule) -> BetaSchedule:
 def check_latent(mu, logvar) -> None:
     """Raise unless ``mu`` and ``logvar`` are floating tensors of one shape (rows, latent_dim)."""
     check_pair("mu", mu, "logvar", logvar)
-
-
-def check_beta(name: str, value) -> None:
-    """Raise unless ``value`` is a finite number >= 0."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or value < 0):
-        raise ValueError(f"{name}={value!r}; expected a finite number >= 0")
-
-
-def check_count(name: str, value) -> None:
-    """Raise unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected an integer >= 1")
 
 
 def check_callable(log_likelihood) -> None:

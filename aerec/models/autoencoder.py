@@ -93,7 +93,7 @@ def _is_widths(hidden) -> bool:
 
 
 class Autoencoder(TorchRecommender):
-    """One estimator for the autoencoder family (see the module docstring).
+    """A general autoencoder: undercomplete, sparse, denoising, contractive or variational (module docstring).
 
     Parameters
     ----------

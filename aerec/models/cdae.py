@@ -137,7 +137,9 @@ class CDAENet(nn.Module):
 
 
 class CDAE(TorchRecommender):
-    """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016); see the module docstring.
+    """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016), with fold-in of unseen users.
+
+    See the module docstring for the model and its departures.
 
     Parameters
     ----------
