@@ -76,30 +76,30 @@ def rank_share(batch_rows: np.ndarray, rank: int, world: int) -> tuple[np.ndarra
     return share, world * len(share) / len(batch_rows)
 
 
-class StepLossModule(nn.Module):
-    """Wraps a model and its ``step_loss`` so that DDP sees one forward pass per step."""
+class BatchLossModule(nn.Module):
+    """Wraps a model and its ``batch_loss`` so that DDP sees one forward pass per step."""
 
-    def __init__(self, module: nn.Module, step_loss):
+    def __init__(self, module: nn.Module, batch_loss):
         super().__init__()
         self.module = module
-        self.step_loss = step_loss
+        self.batch_loss = batch_loss
 
     def forward(self, batch, state, weight: float):
-        terms = dict(self.step_loss(self.module, batch, state))
+        terms = dict(self.batch_loss(self.module, batch, state))
         terms["loss"] = terms["loss"] * weight
         return terms
 
 
-def data_parallel_step_loss(module: nn.Module, step_loss, device: torch.device):
-    """``step_loss`` routed through a DistributedDataParallel wrapper of ``module``.
+def data_parallel_batch_loss(module: nn.Module, batch_loss, device: torch.device):
+    """``batch_loss`` routed through a DistributedDataParallel wrapper of ``module``.
 
     The returned function takes ``(module, batch, state, weight)``; ``weight`` scales the
     rank's loss (see the module docstring).
     """
-    wrapper = DistributedDataParallel(StepLossModule(module, step_loss),
+    wrapper = DistributedDataParallel(BatchLossModule(module, batch_loss),
                                       device_ids=[device.index] if device.type == "cuda" else None)
 
-    def distributed_step_loss(_module, batch, state, weight: float = 1.0):
+    def distributed_batch_loss(_module, batch, state, weight: float = 1.0):
         return wrapper(batch, state, weight)
 
-    return distributed_step_loss
+    return distributed_batch_loss

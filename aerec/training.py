@@ -45,7 +45,7 @@ from tqdm import tqdm
 from aerec._torch import resolve_device
 from aerec.checkpoint import load_checkpoint, save_checkpoint
 from aerec.data.batching import RowBatch, RowSource
-from aerec.distributed import LOSS_REDUCTIONS, data_parallel_step_loss, rank_and_world, rank_share
+from aerec.distributed import LOSS_REDUCTIONS, data_parallel_batch_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
 from aerec.params import SEED, Interval, Options, check
 from aerec.training_state import Checkpointing, History, LoopState, Phase, TrainingState
@@ -206,7 +206,7 @@ def train(module: torch.nn.Module, data, batch_loss: BatchLoss, config: TrainCon
                                           config.lr if phase.lr is None else phase.lr, config.weight_decay)
                            for phase in phases]
     loss_fn = with_precision(batch_loss, device, config.precision)
-    loss_fn = data_parallel_step_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
+    loss_fn = data_parallel_batch_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
     fingerprint = checkpoint_fingerprint(config, module, source, rows, phases)
     if config.checkpoint is not None and config.checkpoint.resume and not warm:
