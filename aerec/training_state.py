@@ -46,7 +46,7 @@ class History:
     best_epoch: int | None = None
     best_validation: float | None = None
     stopped_early: bool = False
-    stop_reason: str | None = None
+    stop_reason: str | None = None  # one of STOP_REASONS once training has ended
 
     def column(self, name: str) -> list:
         return [record.get(name) for record in self.epochs]
