@@ -48,7 +48,6 @@ __all__ = ["Autoencoder", "AutoencoderNet"]
 KINDS = ("undercomplete", "sparse", "denoising", "contractive", "variational")
 LOSSES = ("gaussian", "bernoulli", "multinomial")
 RECONSTRUCTION = {"gaussian": gaussian_nll, "bernoulli": bernoulli_nll, "multinomial": multinomial_nll}
-ROWS_PER_BATCH = 4096
 
 
 class AutoencoderNet(nn.Module):
@@ -141,7 +140,6 @@ class Autoencoder(TorchRecommender):
         "batch_size": [POSITIVE_INT, None],
     }
     maximize_validation = False
-    score_batch_rows = ROWS_PER_BATCH
 
     def __init__(self, kind: str = "undercomplete", hidden: tuple = (32,), activation: str = "tanh",
                  loss: str = "gaussian", tied_weights: bool = False, corruption: str | None = None,
@@ -269,7 +267,7 @@ class Autoencoder(TorchRecommender):
             with torch.no_grad():
                 scores = [self._forward(module, batch.dense, batch.dense, update=10**12, sample=module.variational,
                                         generator=generator, iwae_samples=iwae_samples).reconstruction
-                          for batch in iter_row_batches(rows, ROWS_PER_BATCH, device)]
+                          for batch in iter_row_batches(rows, self.score_batch_rows, device)]
         finally:
             module.train(was_training)
         return torch.cat(scores)
@@ -279,7 +277,7 @@ class Autoencoder(TorchRecommender):
         module = self.module_
         module.eval()
         with torch.no_grad():
-            parts = [function(module, batch.dense).cpu() for batch in iter_row_batches(rows, ROWS_PER_BATCH, self.device_)]
+            parts = [function(module, batch.dense).cpu() for batch in iter_row_batches(rows, self.score_batch_rows, self.device_)]
         return torch.cat(parts).numpy()
 
     def _check_input(self, X, name: str):

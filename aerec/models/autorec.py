@@ -24,13 +24,13 @@ number of ratings times ``k``; the first layer reads a sparse batch.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-
-import warnings
 
 from aerec._torch import csr_to_sparse_tensor
 from aerec.core.layers import SparseInputLinear, weight_matrices
@@ -341,12 +341,11 @@ class AutoRec(TorchRecommender):
     def training_rows(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         return self.input_rows_  # I-AutoRec: one row per item
 
+    def learning_rate(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+
     def train_config(self) -> TrainConfig:
-        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-        return TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=self.optimizer, lr=float(lr),
-                           seed=int(self.seed), device=str(self.device_), patience=self.patience,
-                           shuffle=self.optimizer == "adam", progress=self.progress, loss_reduction="sum",
-                           max_seconds=self.max_seconds, checkpoint=self.training_checkpoint())
+        return dataclasses.replace(super().train_config(), shuffle=self.optimizer == "adam")  # Rprop: full batch
 
     def phases(self, module: AutoRecNet) -> list[Phase] | None:
         return [Phase(after=_reference_rprop_schedule)] if self.optimizer in FULL_BATCH else None

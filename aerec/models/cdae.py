@@ -68,12 +68,12 @@ Choices the paper leaves open or that depart from it (each a parameter)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-
-import warnings
 
 from aerec._torch import csr_to_dense_tensor, csr_to_sparse_tensor
 from aerec.core.corruption import MaskingNoise
@@ -192,8 +192,6 @@ class CDAE(TorchRecommender):
         "fold_in_lr": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [POSITIVE_INT],
         "init": [Options("torch", "xavier")],
     }
-    score_batch_rows = SCORE_BATCH
-
     def __init__(self, hidden: int = 50, corruption: float = 0.2, l2: float = 1e-4, loss: str = "logistic",
                  hidden_activation: str = "sigmoid", output_activation: str = "sigmoid",
                  negative_sampling: str | None = "proportional", negative_ratio: float = 5.0, n_negatives: int = 100,

@@ -114,10 +114,14 @@ class TorchRecommender(Recommender):
         """A freshly built network of the fitted shape, initialised from ``seed`` by a generator of its own."""
         return self.build_module(torch.Generator().manual_seed(int(self.seed)))
 
+    def learning_rate(self) -> float:
+        """The optimizer's learning rate (``lr``; a model with per-optimizer defaults overrides this)."""
+        return float(self.lr)
+
     def train_config(self) -> TrainConfig:
         """The loop's settings, from the hyper-parameters (a model adjusts them by overriding this)."""
         return TrainConfig(epochs=int(self.epochs), batch_size=self.batch_size, optimizer=getattr(self, "optimizer", "adam"),
-                           lr=float(self.lr), seed=int(self.seed), device=str(self.device_), patience=self.patience,
+                           lr=self.learning_rate(), seed=int(self.seed), device=str(self.device_), patience=self.patience,
                            validate_every=getattr(self, "validate_every", 1), shuffle=True, progress=self.progress,
                            precision=getattr(self, "precision", "fp32"), loss_reduction=self.loss_reduction,
                            max_seconds=self.max_seconds, checkpoint=self.training_checkpoint())
