@@ -23,6 +23,7 @@ FAST_PARAMS = {
     "bias": {},
     "mult_vae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
     "mult_dae": {"hidden": 32, "latent": 8, "epochs": 3, "batch_size": 32},
+    "recvae": {"hidden": 16, "latent": 8, "epochs": 2, "batch_size": 32, "layers": 2},
     "cdae": {"hidden": 8, "epochs": 5, "batch_size": 16, "fold_in_steps": 10},
     "autorec": {"hidden": 16, "epochs": 20},
     "autoencoder": {"hidden": (8,), "loss": "multinomial", "epochs": 5, "batch_size": 16},
@@ -158,6 +159,7 @@ def test_beats_popularity_on_ml100k_heldout_users(ml100k_strong, name):
     params = {"ease": {"l2": 500.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64},
               "mult_vae": {"epochs": 5, "batch_size": 100, "lr": 3e-3},
               "mult_dae": {"epochs": 5, "batch_size": 100, "lr": 3e-3}, "cdae": {"epochs": 15},
+              "recvae": {"epochs": 5, "batch_size": 100, "lr": 3e-3, "hidden": 200, "latent": 64},
               "autoencoder": {"hidden": (100,), "loss": "multinomial", "epochs": 10, "batch_size": 100, "lr": 3e-3}}[name]
 
     def ndcg(model):

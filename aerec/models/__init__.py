@@ -14,6 +14,7 @@ from aerec.models.cdae import CDAE
 from aerec.models.ease import EASE
 from aerec.models.mult_vae import MultDAE, MultVAE
 from aerec.models.popularity import Popularity
+from aerec.models.recvae import RecVAE
 from aerec.models.torch_base import TorchRecommender
 
 MODELS: dict[str, type[Recommender]] = {
@@ -24,6 +25,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bias": BiasBaseline,
     "mult_vae": MultVAE,
     "mult_dae": MultDAE,
+    "recvae": RecVAE,
     "cdae": CDAE,
     "autorec": AutoRec,
     "autoencoder": Autoencoder,
@@ -43,4 +45,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "Recommender", "TorchRecommender", "make_model"]
+__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]
