@@ -18,6 +18,8 @@ from tests.conftest import random_implicit_csr
 FAST_PARAMS = {
     "popularity": {},
     "ease": {"l2": 50.0},
+    "dlae": {"l2": 50.0, "dropout": 0.3},
+    "edlae": {"l2": 50.0, "dropout": 0.3},
     "als": {"factors": 16, "iterations": 5, "regularization": 1.0},
     "bpr": {"factors": 16, "iterations": 20, "fold_in_steps": 30},
     "bias": {},
@@ -136,9 +138,10 @@ def test_ease_equals_the_papers_closed_form(train):
 
 
 def test_ease_refuses_a_catalogue_too_large_for_memory(monkeypatch):
+    import aerec.core.closed_form
     import aerec.models.ease as ease
 
-    monkeypatch.setattr(ease, "available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(aerec.core.closed_form, "available_memory_bytes", lambda: 2**30)
     with pytest.raises(MemoryError, match=r"EASE on 20000 items needs about 8\.9 GiB.*1\.0 GiB is available"):
         ease.check_memory(20_000)
 
@@ -156,7 +159,7 @@ RANKING_MODELS = sorted(set(FAST_PARAMS) - {"popularity", "bias", "autorec"})
 @pytest.mark.parametrize("name", RANKING_MODELS)
 def test_beats_popularity_on_ml100k_heldout_users(ml100k_strong, name):
     split = ml100k_strong
-    params = {"ease": {"l2": 500.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64},
+    params = {"ease": {"l2": 500.0}, "dlae": {"l2": 200.0}, "edlae": {"l2": 200.0}, "als": {"factors": 64, "regularization": 5.0}, "bpr": {"factors": 64},
               "mult_vae": {"epochs": 5, "batch_size": 100, "lr": 3e-3},
               "mult_dae": {"epochs": 5, "batch_size": 100, "lr": 3e-3}, "cdae": {"epochs": 15},
               "recvae": {"epochs": 5, "batch_size": 100, "lr": 3e-3, "hidden": 200, "latent": 64},

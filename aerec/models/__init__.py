@@ -12,6 +12,7 @@ from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
 from aerec.models.cdae import CDAE
 from aerec.models.ease import EASE
+from aerec.models.edlae import DLAE, EDLAE
 from aerec.models.mult_vae import MultDAE, MultVAE
 from aerec.models.popularity import Popularity
 from aerec.models.recvae import RecVAE
@@ -20,6 +21,8 @@ from aerec.models.torch_base import TorchRecommender
 MODELS: dict[str, type[Recommender]] = {
     "popularity": Popularity,
     "ease": EASE,
+    "dlae": DLAE,
+    "edlae": EDLAE,
     "als": ALS,
     "bpr": BPR,
     "bias": BiasBaseline,
@@ -45,4 +48,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "EASE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]
+__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "DLAE", "EASE", "EDLAE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from aerec._torch import available_memory_bytes, csr_to_sparse_tensor, resolve_device
+from aerec._torch import csr_to_sparse_tensor, resolve_device
+from aerec.core.closed_form import check_dense_memory, gram_matrix, zero_diagonal_weights
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, Device
 
@@ -40,14 +41,9 @@ class EASE(Recommender):
     def _fit(self, matrix, validation) -> None:
         device = resolve_device(self.device)
         check_memory(matrix.shape[1])
-        gram = torch.from_numpy((matrix.T @ matrix).toarray()).to(device=device, dtype=torch.float64)
+        gram = gram_matrix(matrix, device)
         gram.diagonal().add_(float(self.l2))
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-        del gram
-        weights = precision / (-precision.diagonal())  # B_ij = -P_ij / P_jj
-        weights.diagonal().zero_()
-        # row-major: cholesky_inverse returns column-major, which makes sparse.mm ~30x slower
-        self.weights_ = weights.to(torch.float32).contiguous()
+        self.weights_ = zero_diagonal_weights(gram)  # B_ij = -P_ij / P_jj, diag(B) = 0
         self.device_ = device
 
     def score_tensor(self, user_items) -> torch.Tensor:
@@ -57,10 +53,5 @@ class EASE(Recommender):
 
 def check_memory(n_items: int) -> None:
     """Refuse, with the estimate, an items x items fit that cannot fit in memory (see PITFALLS)."""
-    needed = 3 * 8 * n_items * n_items  # Gram matrix, its inverse and B, in float64
-    available = available_memory_bytes()
-    if available is not None and needed > available:
-        raise MemoryError(
-            f"EASE on {n_items} items needs about {needed / 2**30:.1f} GiB for its dense items x items "
-            f"matrices; {available / 2**30:.1f} GiB is available. Filter rare items first (filter_min_counts)"
-        )
+    # the Gram matrix, its inverse and B, in float64
+    check_dense_memory("EASE", n_items, 3, "Filter rare items first (filter_min_counts)")
