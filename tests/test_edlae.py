@@ -169,5 +169,32 @@ def test_a_catalogue_too_large_is_refused_with_the_estimate_and_the_alternative(
 
     monkeypatch.setattr(aerec.core.closed_form, "available_memory_bytes", lambda: 2**30)
     too_large = random_implicit_csr(5, 20_000, density=0.001)
-    with pytest.raises(MemoryError, match=r"EDLAE on 20000 items needs about 8\.9 GiB.*1\.0 GiB is available"):
+    with pytest.raises(MemoryError, match=r"EDLAE on 20000 items needs about 8\.9 GiB.*1\.0 GiB is available.*"
+                                          r"precision='float32' works in place in about 1\.5 GiB"):
         EDLAE().fit(too_large)
+
+
+@pytest.mark.parametrize("cls", [EASE, DLAE, EDLAE])
+def test_the_in_place_float32_path_gives_the_float64_weights(cls, train, monkeypatch):
+    import aerec.core.closed_form as closed_form
+
+    monkeypatch.setattr(closed_form, "_BLOCK", 16)  # 40 items: the mirroring and scaling cross block edges
+    params = {"l2": 20.0} if cls is EASE else {"l2": 20.0, "dropout": 0.3}
+    exact = cls(device="cpu", **params).fit(train)
+    lean = cls(device="cpu", precision="float32", **params).fit(train)
+    assert lean.weights_.dtype == torch.float32 and lean.weights_.is_contiguous()
+    torch.testing.assert_close(lean.weights_, exact.weights_, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(lean.score(train[:5]), exact.score(train[:5]), rtol=1e-3, atol=1e-4)
+
+
+def test_float32_gram_is_made_in_blocks_and_equals_the_sparse_product(monkeypatch):
+    import aerec.core.closed_form as closed_form
+
+    monkeypatch.setattr(closed_form, "_BLOCK", 7)  # several blocks, the last one short
+    train = random_implicit_csr(50, 30, seed=2)
+    np.testing.assert_array_equal(closed_form.dense_gram_float32(train), (train.T @ train).toarray())
+
+
+def test_float32_is_only_the_full_rank_path():
+    with pytest.raises(ValueError, match="precision='float32' with rank=4; expected precision='float64'"):
+        EDLAE(rank=4, precision="float32").fit(random_implicit_csr(20, 10))

@@ -139,11 +139,14 @@ def test_ease_equals_the_papers_closed_form(train):
 
 def test_ease_refuses_a_catalogue_too_large_for_memory(monkeypatch):
     import aerec.core.closed_form
-    import aerec.models.ease as ease
 
     monkeypatch.setattr(aerec.core.closed_form, "available_memory_bytes", lambda: 2**30)
-    with pytest.raises(MemoryError, match=r"EASE on 20000 items needs about 8\.9 GiB.*1\.0 GiB is available"):
-        ease.check_memory(20_000)
+    too_large = random_implicit_csr(5, 20_000, density=0.001)
+    with pytest.raises(MemoryError, match=r"EASE on 20000 items needs about 8\.9 GiB .* in float64; 1\.0 GiB is "
+                                          r"available\. precision='float32' works in place in about 1\.5 GiB"):
+        EASE().fit(too_large)
+    with pytest.raises(MemoryError, match=r"needs about 1\.5 GiB .* in float32; 1\.0 GiB is available\. filter rare"):
+        EASE(precision="float32").fit(too_large)
 
 
 # -- every model beats popularity on real held-out users ------------------------------------------

@@ -12,12 +12,15 @@ items x items inverse is computed in float64 through a Cholesky factorisation
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from aerec._torch import csr_to_sparse_tensor, resolve_device
-from aerec.core.closed_form import check_dense_memory, gram_matrix, zero_diagonal_weights
+from aerec.core.closed_form import (
+    PRECISIONS, check_dense_memory, dense_gram_float32, gram_matrix, in_place_weights, zero_diagonal_weights,
+)
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, Device
+from aerec.params import POSITIVE, Device, Options
 
 
 class EASE(Recommender):
@@ -30,28 +33,31 @@ class EASE(Recommender):
         tunes it in the hundreds to thousands).
     device : str
         "auto" (CUDA when present), "cpu" or "cuda".
+    precision : {"float64", "float32"}
+        "float64": the inverse in float64 on ``device`` (about 24 bytes per items x items entry at
+        the peak); "float32": in place in one float32 array on the CPU (4 bytes per entry, for large
+        catalogues; see :mod:`aerec.core.closed_form`).
     """
 
-    def __init__(self, l2: float = 500.0, device: str = "auto"):
+    def __init__(self, l2: float = 500.0, device: str = "auto", precision: str = "float64"):
         self.l2 = l2
         self.device = device
+        self.precision = precision
 
-    parameter_constraints = {"l2": [POSITIVE], "device": [Device()]}
+    parameter_constraints = {"l2": [POSITIVE], "device": [Device()], "precision": [Options(*PRECISIONS)]}
 
     def _fit(self, matrix, validation) -> None:
         device = resolve_device(self.device)
-        check_memory(matrix.shape[1])
-        gram = gram_matrix(matrix, device)
-        gram.diagonal().add_(float(self.l2))
-        self.weights_ = zero_diagonal_weights(gram)  # B_ij = -P_ij / P_jj, diag(B) = 0
+        check_dense_memory("EASE", matrix.shape[1], self.precision)
+        if self.precision == "float32":
+            penalty = np.full(matrix.shape[1], float(self.l2))
+            self.weights_ = in_place_weights(dense_gram_float32(matrix), penalty, emphasized=True).to(device)
+        else:
+            gram = gram_matrix(matrix, device)
+            gram.diagonal().add_(float(self.l2))
+            self.weights_ = zero_diagonal_weights(gram)  # B_ij = -P_ij / P_jj, diag(B) = 0
         self.device_ = device
 
     def score_tensor(self, user_items) -> torch.Tensor:
         rows = self.check_user_items(user_items)
         return torch.sparse.mm(csr_to_sparse_tensor(rows, self.device_), self.weights_)
-
-
-def check_memory(n_items: int) -> None:
-    """Refuse, with the estimate, an items x items fit that cannot fit in memory (see PITFALLS)."""
-    # the Gram matrix, its inverse and B, in float64
-    check_dense_memory("EASE", n_items, 3, "Filter rare items first (filter_min_counts)")

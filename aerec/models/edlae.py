@@ -32,8 +32,11 @@ Gram matrix with ``items x k`` blocks) instead of the notebook's
 Memory: every variant holds the dense Gram matrix and its inverse (float64,
 items x items) while fitting, as the notebook does; the low-rank variants
 keep only ``2 x items x k`` floats afterwards and score in ``O(k)`` per item.
-A catalogue whose dense matrices do not fit is refused before allocating,
-with the estimate.
+The full-rank forms also run in place in one float32 array
+(``precision="float32"``, 4 bytes per items x items entry, as the notebook's
+float32; see :mod:`aerec.core.closed_form`): an MSD-sized catalogue fits this
+way. A catalogue whose matrices do not fit is refused before allocating, with
+the estimates.
 
 Defaults: ``dropout=0.33, l2=300`` are the notebook's full-rank EDLAE setting for
 ML-20M (Netflix: 0.33 / 500; MSD: 0.25 / 70); low rank: 5 iterations (its ML-20M
@@ -56,18 +59,21 @@ numpy's global generator).
 
 from __future__ import annotations
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 
 from aerec._torch import csr_to_sparse_tensor, resolve_device
-from aerec.core.closed_form import check_dense_memory, gram_matrix, ridge_weights, spd_inverse, zero_diagonal_weights
+from aerec.core.closed_form import (
+    PRECISIONS, check_dense_memory, dense_gram_float32, gram_matrix, in_place_weights, ridge_weights, spd_inverse,
+    zero_diagonal_weights,
+)
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT, SEED, Device, Interval
+from aerec.params import POSITIVE, POSITIVE_INT, SEED, Device, Interval, Options
 
 __all__ = ["DLAE", "EDLAE"]
 
 DROPOUT = Interval(float, 0.0, 1.0, closed="left")
-MEMORY_ADVICE = "Filter rare items first (filter_min_counts)"
 
 
 class DLAE(Recommender):
@@ -92,6 +98,10 @@ class DLAE(Recommender):
         Seeds the low-rank solver's random start.
     device : str, default "auto"
         "auto" (CUDA when present), "cpu" or "cuda[:N]".
+    precision : {"float64", "float32"}, default "float64"
+        Full rank: "float64" inverts on ``device`` (about 24 bytes per items x items entry at the
+        peak); "float32" in place in one float32 array on the CPU (4 bytes per entry, for large
+        catalogues, as :class:`~aerec.models.EASE`). The low-rank solvers run in float64.
 
     Attributes
     ----------
@@ -104,12 +114,17 @@ class DLAE(Recommender):
     emphasized = False
     parameter_constraints = {"dropout": [DROPOUT], "l2": [POSITIVE], "rank": [POSITIVE_INT, None],
                              "iterations": [POSITIVE_INT], "init_scale": [POSITIVE], "seed": [SEED],
-                             "device": [Device()]}
+                             "device": [Device()], "precision": [Options(*PRECISIONS)]}
 
     def __init__(self, dropout: float = 0.33, l2: float = 300.0, rank: int | None = None, iterations: int = 5,
-                 init_scale: float = 1e-4, seed: int = 0, device: str = "auto"):
+                 init_scale: float = 1e-4, seed: int = 0, device: str = "auto", precision: str = "float64"):
         self.dropout, self.l2, self.rank, self.iterations = dropout, l2, rank, iterations
-        self.init_scale, self.seed, self.device = init_scale, seed, device
+        self.init_scale, self.seed, self.device, self.precision = init_scale, seed, device, precision
+
+    def check_param_combinations(self) -> None:
+        if self.rank is not None and self.precision != "float64":
+            raise ValueError(f"precision={self.precision!r} with rank={self.rank}; expected precision='float64': "
+                             "the low-rank solvers run in float64 (float32 is the in-place full-rank path)")
 
     # -- fitting ---------------------------------------------------------------------------
     def penalty(self, gram_diagonal: torch.Tensor) -> torch.Tensor:
@@ -121,11 +136,16 @@ class DLAE(Recommender):
         n_items = matrix.shape[1]
         if self.rank is not None and int(self.rank) > n_items:
             raise ValueError(f"rank={self.rank}; expected at most the number of items, {n_items}")
-        check_dense_memory(type(self).__name__, n_items, 3, MEMORY_ADVICE)
+        check_dense_memory(type(self).__name__, n_items, self.precision)
         self.device_ = device = resolve_device(self.device)
+        self.weights_ = self.factors_ = None
+        if self.precision == "float32":
+            gram = dense_gram_float32(matrix)
+            penalty = self.penalty(torch.from_numpy(gram.diagonal().astype(np.float64))).numpy()
+            self.weights_ = in_place_weights(gram, penalty, emphasized=self.emphasized).to(device)
+            return
         gram = gram_matrix(matrix, device)
         penalty = self.penalty(gram.diagonal().clone())
-        self.weights_ = self.factors_ = None
         if self.rank is None:
             gram.diagonal().add_(penalty)
             self.weights_ = zero_diagonal_weights(gram) if self.emphasized else ridge_weights(gram, penalty)
@@ -178,9 +198,10 @@ class EDLAE(DLAE):
     parameter_constraints = {"omega": [POSITIVE]}
 
     def __init__(self, dropout: float = 0.33, l2: float = 300.0, rank: int | None = None, iterations: int = 5,
-                 omega: float = 500.0, init_scale: float = 1e-4, seed: int = 0, device: str = "auto"):
+                 omega: float = 500.0, init_scale: float = 1e-4, seed: int = 0, device: str = "auto",
+                 precision: str = "float64"):
         super().__init__(dropout=dropout, l2=l2, rank=rank, iterations=iterations, init_scale=init_scale, seed=seed,
-                         device=device)
+                         device=device, precision=precision)
         self.omega = omega
 
     def low_rank(self, gram: torch.Tensor, penalty: torch.Tensor, rank: int,
