@@ -29,7 +29,7 @@ from aerec.models import make_model
 
 N_HELDOUT = {name: STRONG_N_HELDOUT[name] for name in ("ml-100k", "ml-latest-small")}
 SEEDS = (98765, 1, 2, 3, 4)
-MODELS = ("ease", "als", "popularity")
+MODELS = ("ease", "dlae", "edlae", "als", "popularity")
 SELECTION_METRIC = "ndcg@100"
 TEST_METRICS = ("recall@20", "recall@50", "ndcg@100")
 
@@ -44,6 +44,11 @@ GRIDS = {
     "als": [{"alpha": a, "regularization": r} for a in (2.0, 5.0, 10.0, 20.0, 50.0) for r in (5.0, 10.0, 20.0, 50.0, 100.0)],
     "popularity": [{}],
 }
+# DLAE / EDLAE (Steck 2020): the dropout probability p (0: EASE for EDLAE, ridge regression for DLAE) and lambda;
+# the notebook's settings (p 0.25-0.33, lambda 70-500 on ML-20M, Netflix, MSD) lie inside.
+for _name in ("dlae", "edlae"):
+    GRIDS[_name] = [{"dropout": p, "l2": l2} for p in (0.0, 0.1, 0.25, 0.33, 0.5, 0.67, 0.8)
+                    for l2 in (25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)]
 ALS_FIXED = {"factors": 200, "iterations": 15}
 
 # A faithful port of dawenl/vae_cf on the same protocol and seeds: mean ± sd of
@@ -184,7 +189,8 @@ def grid_text(implicit_version: str) -> str:
         return "{" + ", ".join(f"{v:g}" for v in sorted({p[key] for p in GRIDS[name]})) + "}"
 
     return (
-        f"Grids: EASE l2 in {values('ease', 'l2')}; ALS factors={ALS_FIXED['factors']}, iterations={ALS_FIXED['iterations']}, "
+        f"Grids: EASE l2 in {values('ease', 'l2')}; DLAE and EDLAE (full rank) dropout p in {values('edlae', 'dropout')} "
+        f"x l2 in {values('edlae', 'l2')}; ALS factors={ALS_FIXED['factors']}, iterations={ALS_FIXED['iterations']}, "
         f"random_state = split seed, α in {values('als', 'alpha')} x λ in {values('als', 'regularization')} "
         f"(implicit {implicit_version}: confidence 1 + α·r, plain L2 weight λ; placed on the ridge a wider pilot scan "
         f"on seed 98765's validation users found, see the comment in the script); popularity has none. "

@@ -22,8 +22,8 @@ from scipy.linalg import lapack
 
 from aerec._torch import available_memory_bytes
 
-__all__ = ["PRECISIONS", "check_dense_memory", "dense_gram_float32", "dense_memory_bytes", "gram_matrix", "in_place_weights",
-           "ridge_weights", "zero_diagonal_weights"]
+__all__ = ["PRECISIONS", "check_dense_memory", "dense_gram_float32", "dense_memory_bytes", "gram_matrix",
+           "in_place_weights", "ridge_weights", "zero_diagonal_weights"]
 
 #: The closed forms' precisions (see the module docstring).
 PRECISIONS = ("float64", "float32")
@@ -44,7 +44,7 @@ def spd_inverse(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def zero_diagonal_weights(penalised_gram: torch.Tensor) -> torch.Tensor:
-    """EASE's solution ``B = I - P dMat(1 / diag(P))`` with ``P = (G + penalty)^-1``: ``B_ij = -P_ij / P_jj``, zero diagonal.
+    """EASE's ``B = I - P dMat(1 / diag(P))``, ``P = (G + penalty)^-1``: ``B_ij = -P_ij / P_jj``, zero diagonal.
 
     ``penalised_gram`` is consumed (freed as soon as it is inverted); float32, row-major result.
     """

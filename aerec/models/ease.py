@@ -17,7 +17,12 @@ import torch
 
 from aerec._torch import csr_to_sparse_tensor, resolve_device
 from aerec.core.closed_form import (
-    PRECISIONS, check_dense_memory, dense_gram_float32, gram_matrix, in_place_weights, zero_diagonal_weights,
+    PRECISIONS,
+    check_dense_memory,
+    dense_gram_float32,
+    gram_matrix,
+    in_place_weights,
+    zero_diagonal_weights,
 )
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, Device, Options
