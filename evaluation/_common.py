@@ -190,3 +190,15 @@ def split_checks(split: StrongSplit) -> dict:
         "same_item_index": all(np.array_equal(part.item_ids, split.train.item_ids) for part in parts),
         "fold_in_heldout_common_entries": int(overlap),
     }
+
+
+def strong_split_table(results: dict) -> str:
+    """One row per (dataset, seed) of a strong-generalization run: its users, items and interactions."""
+    headers = ["dataset", "seed", "train users", "items", "train interactions", "val users", "test users"]
+    rows = []
+    for dataset, block in results["datasets"].items():
+        for run in block["per_seed"]:
+            s = run["split_summary"]
+            rows.append([dataset, run["seed"], s["train_users"], s["items"], s["train_interactions"],
+                         s.get("validation_users", "–"), s.get("test_users", "–")])
+    return markdown_table(headers, rows)

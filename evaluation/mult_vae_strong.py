@@ -24,7 +24,7 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    split_checks, finish_run,
+    split_checks, strong_split_table, finish_run,
 )
 from aerec._torch import resolve_device
 from aerec.data import StrongSplit, load_movielens, strong_generalization
@@ -178,17 +178,6 @@ def per_seed_table(results: dict) -> str:
     return markdown_table(headers, rows)
 
 
-def split_table(results: dict) -> str:
-    headers = ["dataset", "seed", "train users", "items", "train interactions", "val users", "test users"]
-    rows = []
-    for dataset, block in results["datasets"].items():
-        for run in block["per_seed"]:
-            s = run["split_summary"]
-            rows.append([dataset, run["seed"], s["train_users"], s["items"], s["train_interactions"],
-                         s.get("validation_users", "–"), s.get("test_users", "–")])
-    return markdown_table(headers, rows)
-
-
 def markdown(results: dict) -> str:
     seeds = ", ".join(str(s) for s in results["seeds"])
     return (
@@ -211,7 +200,7 @@ def markdown(results: dict) -> str:
         "The reference column is a faithful port of vae_cf's code on the same protocol and seeds.\n\n"
         + results_table(results)
         + "\n## Per seed\n\n" + per_seed_table(results)
-        + "\n## Splits\n\n" + split_table(results)
+        + "\n## Splits\n\n" + strong_split_table(results)
         + "\n" + environment_lines(results["environment"], results["load_average_at_end"])
     )
 

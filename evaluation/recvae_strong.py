@@ -35,7 +35,7 @@ import torch
 
 from _common import (
     RESULTS_DIR, Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd,
-    markdown_table, mean_sd, split_checks, finish_run,
+    markdown_table, mean_sd, split_checks, strong_split_table, finish_run,
 )
 from recvae_reference import fit_reference, score_reference, test_scores
 from aerec._torch import resolve_device
@@ -299,17 +299,6 @@ def evaluator_check_table(results: dict) -> str:
     return markdown_table(headers, rows) if rows else "(the port was not run)\n"
 
 
-def split_table(results: dict) -> str:
-    headers = ["dataset", "seed", "train users", "items", "train interactions", "val users", "test users"]
-    rows = []
-    for dataset, block in results["datasets"].items():
-        for run in block["per_seed"]:
-            s = run["split_summary"]
-            rows.append([dataset, run["seed"], s["train_users"], s["items"], s["train_interactions"],
-                         s.get("validation_users", "–"), s.get("test_users", "–")])
-    return markdown_table(headers, rows)
-
-
 def markdown(results: dict) -> str:
     seeds = ", ".join(str(s) for s in results["seeds"])
     tables = "".join(f"## {dataset}\n\n" + comparison_table(dataset, block) + "\n"
@@ -339,7 +328,7 @@ def markdown(results: dict) -> str:
         "The same weights of the port, scored by `evaluate_ranking` and by the port's `test_scores` (vae_cf's\n"
         "`ndcg` / `recall`); they agree up to ties in the top 100.\n\n"
         + evaluator_check_table(results)
-        + "\n## Splits\n\n" + split_table(results)
+        + "\n## Splits\n\n" + strong_split_table(results)
         + "\n" + environment_lines(results["environment"], results["load_average_at_end"])
     )
 
