@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
+from aerec.search_space import Choice, FloatRange
 
 
 class ALS(Recommender):
@@ -43,6 +44,8 @@ class ALS(Recommender):
 
     parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "regularization": [POSITIVE],
                              "alpha": [POSITIVE], "random_state": [SEED], "num_threads": [Interval(int, 0, None)]}
+    search_space = {"factors": Choice(64, 128, 200), "regularization": FloatRange(0.01, 100.0, log=True),
+                    "alpha": FloatRange(1.0, 100.0, log=True)}
 
     def _fit(self, matrix, validation) -> None:
         self.model_ = self.new_implicit_model()

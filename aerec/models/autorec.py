@@ -41,6 +41,7 @@ from aerec.data.interactions import Interactions
 from aerec.models.base import as_csr
 from aerec.models.torch_base import TorchRecommender, store_params
 from aerec.params import POSITIVE, POSITIVE_INT, Interval, Options, Satisfies
+from aerec.search_space import Choice, FloatRange
 from aerec.sparse_products import SparsePattern, pattern_matmul, sampled_dot
 from aerec.training import Phase, TrainConfig
 
@@ -284,6 +285,8 @@ class AutoRec(TorchRecommender):
                                    and all(Interval(float).is_satisfied_by(v) for v in pair) and pair[0] < pair[1],
                                    "(low, high), two finite numbers with low < high")],
     }
+    #: Sedhain et al. tune lambda in {0.001, 0.01, 0.1, 1, 100, 1000}; Rprop takes no learning rate
+    search_space = {"l2": FloatRange(1e-3, 1000.0, log=True), "hidden": Choice(100, 300, 500), "lr": None}
     loss_reduction = "sum"
     maximize_validation = False
 

@@ -35,6 +35,9 @@ class Recommender:
 
     #: ``{parameter: [allowed entries]}`` (see :mod:`aerec.params`); merged along the class hierarchy.
     parameter_constraints: dict = {}
+    #: ``{parameter: FloatRange | IntRange | Choice}`` a tuner searches by default (see :mod:`aerec.search_space`):
+    #: the ranges the model's paper or reference code searched; merged along the class hierarchy (None removes).
+    search_space: dict = {}
 
     def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False) -> "Recommender":
         """Learn from ``train`` (users x items :class:`Interactions` or sparse matrix); returns ``self``.
@@ -94,6 +97,14 @@ class Recommender:
         for klass in reversed(cls.__mro__):
             merged.update(vars(klass).get("parameter_constraints", {}))
         return {name: merged[name] for name in cls.param_names() if name in merged}
+
+    @classmethod
+    def default_search_space(cls) -> dict:
+        """The search space of this class and its bases, for the parameters of its ``__init__``."""
+        merged: dict = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("search_space", {}))
+        return {name: merged[name] for name in cls.param_names() if merged.get(name) is not None}
 
     def check_params(self) -> None:
         """Raise a ValueError naming any hyper-parameter out of its range (called by ``fit``).

@@ -14,6 +14,7 @@ import torch
 
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, POSITIVE_INT
+from aerec.search_space import FloatRange
 
 
 class BiasBaseline(Recommender):
@@ -37,6 +38,7 @@ class BiasBaseline(Recommender):
         self.iterations = iterations
 
     parameter_constraints = {"reg_user": [POSITIVE], "reg_item": [POSITIVE], "iterations": [POSITIVE_INT]}
+    search_space = {"reg_user": FloatRange(0.1, 100.0, log=True), "reg_item": FloatRange(0.1, 100.0, log=True)}
 
     def _fit(self, matrix, validation) -> None:
         coo = matrix.tocoo()

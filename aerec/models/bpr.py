@@ -20,6 +20,7 @@ from aerec._torch import csr_to_dense_tensor
 from aerec.models.als import quiet_implicit
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
+from aerec.search_space import Choice, FloatRange
 
 
 class BPR(Recommender):
@@ -53,6 +54,8 @@ class BPR(Recommender):
                              "fold_in_negatives": [POSITIVE_INT], "learning_rate": [POSITIVE],
                              "regularization": [POSITIVE], "fold_in_lr": [POSITIVE], "random_state": [SEED],
                              "num_threads": [Interval(int, 0, None)]}
+    search_space = {"factors": Choice(64, 128), "learning_rate": FloatRange(1e-3, 0.1, log=True),
+                    "regularization": FloatRange(1e-4, 0.1, log=True)}
 
     def _fit(self, matrix, validation) -> None:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

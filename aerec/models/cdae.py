@@ -82,6 +82,7 @@ from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
 from aerec.models.torch_base import TorchRecommender, store_params
 from aerec.params import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Options
+from aerec.search_space import Choice, FloatRange
 from aerec.training import OPTIMIZERS
 
 ACTIVATIONS = ("sigmoid", "identity")
@@ -192,6 +193,9 @@ class CDAE(TorchRecommender):
         "fold_in_lr": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [POSITIVE_INT],
         "init": [Options("torch", "xavier")],
     }
+    #: Wu et al. sweep the corruption level and the L2 weight; our strong-split script also the negatives
+    search_space = {"hidden": Choice(50, 100, 200), "corruption": FloatRange(0.0, 0.8),
+                    "l2": FloatRange(1e-6, 1e-2, log=True), "negative_sampling": Choice("proportional", None)}
     def __init__(self, hidden: int = 50, corruption: float = 0.2, l2: float = 1e-4, loss: str = "logistic",
                  hidden_activation: str = "sigmoid", output_activation: str = "sigmoid",
                  negative_sampling: str | None = "proportional", negative_ratio: float = 5.0, n_negatives: int = 100,

@@ -26,6 +26,7 @@ from aerec.core.closed_form import (
 )
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, Device, Options
+from aerec.search_space import FloatRange
 
 
 class EASE(Recommender):
@@ -50,6 +51,8 @@ class EASE(Recommender):
         self.precision = precision
 
     parameter_constraints = {"l2": [POSITIVE], "device": [Device()], "precision": [Options(*PRECISIONS)]}
+    #: Steck (2019) tunes lambda over hundreds to thousands
+    search_space = {"l2": FloatRange(10.0, 10_000.0, log=True)}
 
     def _fit(self, matrix, validation) -> None:
         device = resolve_device(self.device)

@@ -61,6 +61,7 @@ from aerec.core.variational import GaussianLatent, LinearAnneal, kl_standard_nor
 from aerec.data.batching import RowBatch
 from aerec.models.torch_base import TorchRecommender, store_params
 from aerec.params import NON_NEGATIVE, POSITIVE_INT, PROBABILITY
+from aerec.search_space import Choice, FloatRange
 from aerec.training import TrainingState
 
 __all__ = ["MultDAE", "MultDAENet", "MultVAE", "MultVAENet", "l2_normalize_rows"]
@@ -143,6 +144,9 @@ class _MultAutoencoder(TorchRecommender):
 
     parameter_constraints = {"hidden": [POSITIVE_INT], "latent": [POSITIVE_INT], "dropout": [PROBABILITY],
                              "l2": [NON_NEGATIVE]}
+    #: vae_cf's widths and weight decays (0 for Mult-VAE, 0.01 / 500 in the notebook's Mult-DAE)
+    search_space = {"hidden": Choice(200, 600), "latent": Choice(100, 200), "dropout": FloatRange(0.2, 0.8),
+                    "l2": Choice(0.0, 2e-5, 1e-4)}
     _net_class: type[_MultNet]
 
     def build_module(self, generator: torch.Generator) -> _MultNet:
@@ -263,6 +267,8 @@ class MultVAE(_MultAutoencoder):
     """
 
     parameter_constraints = {"beta_cap": [NON_NEGATIVE], "total_anneal_steps": [POSITIVE_INT]}
+    #: Liang et al. sweep the cap of the KL weight up to 1
+    search_space = {"beta_cap": FloatRange(0.05, 1.0)}
     _net_class = MultVAENet
 
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, beta_cap: float = 0.2,

@@ -70,6 +70,7 @@ from aerec.core.variational import GaussianLatent, reparameterize
 from aerec.data.batching import RowBatch
 from aerec.models.torch_base import TorchRecommender, store_params
 from aerec.params import POSITIVE, POSITIVE_INT, PROBABILITY, Boolean, Satisfies
+from aerec.search_space import FloatRange
 from aerec.training import Phase, TrainingState
 
 __all__ = ["RecVAE", "RecVAENet", "RecVAEEncoder", "gaussian_log_pdf"]
@@ -220,6 +221,8 @@ class RecVAE(TorchRecommender):
         "mixture_weights": [Satisfies(_three_positive_weights, "a sequence of three positive finite weights")],
         "copy_prior_at_start": [Boolean()],
     }
+    search_space = {"gamma": FloatRange(1e-3, 0.05, log=True), "dropout": FloatRange(0.3, 0.8),
+                    "lr": FloatRange(1e-4, 3e-3, log=True)}
 
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, gamma: float | None = 0.005,
                  beta: float | None = None, encoder_passes: int = 3, decoder_passes: int = 1, layers: int = 5,

@@ -51,6 +51,7 @@ from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, iter_row_batches
 from aerec.models.base import Recommender
 from aerec.params import POSITIVE, POSITIVE_INT, SEED, Boolean, Device, Options
+from aerec.search_space import FloatRange
 from aerec.training import PRECISIONS, LoopState, Phase, TrainConfig, TrainingState, train
 
 __all__ = ["TorchRecommender", "store_params"]
@@ -64,6 +65,7 @@ class TorchRecommender(Recommender):
         "device": [Device()], "patience": [POSITIVE_INT, None], "progress": [Boolean()],
         "precision": [Options(*PRECISIONS)], "max_seconds": [POSITIVE, None],
     }
+    search_space = {"lr": FloatRange(1e-4, 1e-2, log=True)}
     #: "mean" or "sum": how the loss reduces over a batch's rows (distributed training weighs ranks by it).
     loss_reduction = "mean"
     #: Whether a larger validation metric is better (NDCG) or a smaller (RMSE).
