@@ -134,7 +134,7 @@ def check_search_space(model_cls, space: dict, where: str = "") -> None:
 
 
 def search_entry_from_dict(name: str, table: dict, where: str = "") -> SearchEntry:
-    """The entry a spec's table describes: ``{low, high[, log][, step]}`` (int or float by the bounds) or ``{choices}``."""
+    """The entry a spec table describes: ``{low, high[, log][, step]}`` (int or float by the bounds), ``{choices}``."""
     at = f" in {where}" if where else ""
     if not isinstance(table, dict):
         raise ValueError(f"search space{at}: {name}={table!r}; expected a table with low/high or choices")

@@ -6,8 +6,14 @@ import random
 
 import pytest
 
-from aerec.models import MODELS, EASE, MultVAE, RecVAE
-from aerec.search_space import Choice, FloatRange, IntRange, check_search_space, search_entry_from_dict
+from aerec.models import EASE, MODELS, MultVAE, RecVAE
+from aerec.search_space import (
+    Choice,
+    FloatRange,
+    IntRange,
+    check_search_space,
+    search_entry_from_dict,
+)
 
 
 class RandomTrial:
