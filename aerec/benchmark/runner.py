@@ -1,0 +1,228 @@
+"""Run a benchmark spec: one Optuna study per cell (dataset, split seed, model), kept in one SQLite file.
+
+Each cell tunes its model on the validation users with the spec's sampler and the
+same budget for every model (``trials`` and/or ``seconds``), pruning hopeless
+trials from the per-epoch validation curve (models trained by epochs, when the
+tuning metric is the loop's NDCG@100); the best trial's model is scored once on
+the test users. The store is Optuna's RDB storage plus two tables of ours in the
+same SQLite file: the spec it was made for, and the finished cells (their test
+metrics and per-user values). Run again with the same command after a kill, a
+run recomputes nothing that finished: finished cells are read back, a cell's
+completed trials stay in its study and only the missing ones run (a trial cut
+off half-way is redone).
+
+So far the runner runs the strong-generalization protocol; the others are
+refused by name before any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec
+from aerec.data import binarize, filter_min_counts, load_movielens, read_csv, read_parquet, strong_generalization
+from aerec.data.datasets import STRONG_N_HELDOUT
+from aerec.evaluation import evaluate_ranking
+from aerec.models import make_model
+from aerec.search_space import Choice
+
+__all__ = ["run_benchmark", "spec_fingerprint"]
+
+RUNNABLE_PROTOCOLS = ("strong",)
+
+
+def spec_fingerprint(spec: BenchmarkSpec) -> str:
+    """The spec as canonical JSON (its source path left out): what a store is tied to."""
+    record = dataclasses.asdict(spec)
+    record.pop("source")
+    return json.dumps(record, sort_keys=True, default=repr)
+
+
+def run_benchmark(spec, store: str | Path, log=None) -> dict:
+    """Run every cell of ``spec`` (a path, dict or :class:`BenchmarkSpec`), resuming from ``store``; return the cells.
+
+    Returns ``{(dataset, seed, label): cell record}`` with each cell's chosen parameters,
+    validation value, test metrics, per-user test values, trials run and seconds.
+    """
+    import optuna
+
+    spec = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
+    if spec.protocol.name not in RUNNABLE_PROTOCOLS:
+        raise SpecError(f"{spec.source} [protocol]: the runner does not run protocol {spec.protocol.name!r} yet; "
+                        f"it runs {list(RUNNABLE_PROTOCOLS)}")
+    for model in spec.models:
+        if spec.tuning.sampler == "grid" and not all(isinstance(e, Choice) for e in model.space.values()):
+            raise SpecError(f"{spec.source} [models.{model.label}]: the grid sampler needs choices for every "
+                            "searched parameter")
+    log = log or (lambda message: None)
+    store = Path(store)
+    connection = open_store(store, spec)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{store}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cells = {}
+    try:
+        for dataset in spec.datasets:
+            data = load_data(dataset)
+            for seed in spec.seeds:
+                split = make_split(spec, dataset, data, seed)
+                for model in spec.models:
+                    key = (dataset.name, int(seed), model.label)
+                    done = read_cell(connection, key)
+                    if done is None:
+                        done = run_cell(spec, model, split, seed, storage, key, log)
+                        write_cell(connection, key, done)
+                    else:
+                        log(f"{key}: finished before, read back")
+                    cells[key] = done
+    finally:
+        connection.close()
+    return cells
+
+
+# -- the store ------------------------------------------------------------------------------------
+def open_store(path: Path, spec: BenchmarkSpec) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=60)
+    connection.execute("CREATE TABLE IF NOT EXISTS aerec_spec (key TEXT PRIMARY KEY, value TEXT)")
+    connection.execute("CREATE TABLE IF NOT EXISTS aerec_cells (dataset TEXT, seed INTEGER, label TEXT, record TEXT, "
+                       "PRIMARY KEY (dataset, seed, label))")
+    fingerprint = spec_fingerprint(spec)
+    row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'spec'").fetchone()
+    if row is None:
+        connection.execute("INSERT INTO aerec_spec VALUES ('spec', ?)", (fingerprint,))
+        connection.commit()
+    elif row[0] != fingerprint:
+        stored, given = json.loads(row[0]), json.loads(fingerprint)
+        differ = sorted(key for key in given if stored.get(key) != given.get(key))
+        connection.close()
+        raise SpecError(f"the store {path} was written by another spec (it differs in {differ}); use another store")
+    return connection
+
+
+def read_cell(connection, key) -> dict | None:
+    row = connection.execute("SELECT record FROM aerec_cells WHERE dataset = ? AND seed = ? AND label = ?",
+                             key).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def write_cell(connection, key, record: dict) -> None:
+    connection.execute("INSERT INTO aerec_cells VALUES (?, ?, ?, ?)", (*key, json.dumps(record)))
+    connection.commit()
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_data(dataset):
+    if dataset.path is None:
+        data = load_movielens(dataset.name)
+    else:
+        reader = read_parquet if dataset.path.endswith(".parquet") else read_csv
+        data = reader(dataset.path, **dataset.columns)
+    if dataset.binarize is not None:
+        data = binarize(data, threshold=float(dataset.binarize))
+    if dataset.min_user or dataset.min_item:
+        data = filter_min_counts(data, min_user=dataset.min_user, min_item=dataset.min_item)
+    return data
+
+
+def make_split(spec: BenchmarkSpec, dataset, data, seed: int):
+    params = dict(spec.protocol.params)
+    n_heldout = params.pop("n_heldout") or STRONG_N_HELDOUT.get(dataset.name)
+    if n_heldout is None:
+        raise SpecError(f"{spec.source} [protocol]: n_heldout is needed for the dataset {dataset.name!r}")
+    return strong_generalization(data, int(n_heldout), seed=int(seed), **params)
+
+
+# -- one cell -------------------------------------------------------------------------------------
+def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, log) -> dict:
+    import optuna
+
+    name, _, k = spec.tuning.metric.partition("@")
+    validation = (split.validation_fold_in, split.validation_heldout)
+    sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if spec.tuning.sampler == "grid":
+        chosen = optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=int(seed))
+    else:
+        chosen = sampler[spec.tuning.sampler](seed=int(seed))
+    study = optuna.create_study(study_name="/".join(map(str, key)), storage=storage, direction="maximize",
+                                sampler=chosen, pruner=optuna.pruners.MedianPruner(n_warmup_steps=5),
+                                load_if_exists=True)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                         optuna.trial.TrialState.PRUNED,
+                                                         optuna.trial.TrialState.FAIL)]
+    budget = spec.tuning.trials if model_spec.space else 1
+    remaining = None if budget is None else max(budget - len(finished), 0)
+    seconds_left = None
+    if spec.tuning.seconds is not None:
+        spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished
+                    if t.datetime_complete and t.datetime_start)
+        seconds_left = max(spec.tuning.seconds - spent, 0.0)
+    kept = {}
+
+    def objective(trial):
+        params = {param: entry.suggest(trial, param) for param, entry in model_spec.space.items()}
+        model = build_model(model_spec, params, seed)
+        callbacks = ()
+        if spec.tuning.pruning and spec.tuning.metric == "ndcg@100" and hasattr(model, "batch_loss"):
+            callbacks = (pruning_callback(trial),)
+        start = time.perf_counter()
+        model.fit(split.train, validation=validation, callbacks=callbacks)
+        trial.set_user_attr("fit_seconds", time.perf_counter() - start)
+        value = evaluate_ranking(model, *(part.matrix for part in validation), ks=(int(k),),
+                                 metrics=(name,)).metrics[spec.tuning.metric]
+        if not kept or value > kept["value"]:
+            kept.update(value=value, number=trial.number, model=model)
+        return value
+
+    if remaining != 0 and (seconds_left is None or seconds_left > 0):
+        study.optimize(objective, n_trials=remaining, timeout=seconds_left, catch=(Exception,))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        failures = [t.system_attrs.get("fail_reason", "") for t in study.trials]
+        raise RuntimeError(f"{key}: no trial finished; failures: {failures[-3:]}")
+    best = study.best_trial
+    model = kept["model"] if kept.get("number") == best.number else None
+    if model is None:  # the best trial ran before a restart: fit its parameters again
+        model = build_model(model_spec, dict(best.params), seed)
+        model.fit(split.train, validation=validation)
+    ks = sorted({int(m.partition("@")[2]) for m in spec.metrics})
+    names = sorted({m.partition("@")[0] for m in spec.metrics})
+    test = evaluate_ranking(model, split.test_fold_in.matrix, split.test_heldout.matrix, ks=ks, metrics=names)
+    states = [t.state.name for t in study.trials]
+    record = {"params": {**model_spec.fixed, **best.params}, "validation": best.value,
+              "test": {m: test.metrics[m] for m in spec.metrics},
+              "per_user": {m: np.asarray(test.per_user[m]).tolist() for m in spec.metrics},
+              "users": np.asarray(test.users).tolist(),
+              "trials": {state: states.count(state) for state in sorted(set(states))},
+              "fit_seconds": best.user_attrs.get("fit_seconds")}
+    log(f"{key}: {record['trials']} trials, chosen {best.params}, validation {best.value:.4f}, test "
+        + ", ".join(f"{m} {record['test'][m]:.4f}" for m in spec.metrics))
+    return record
+
+
+def build_model(model_spec, params: dict, seed: int):
+    """The cell's model: fixed and drawn parameters; seeded with the split seed unless the spec fixes a seed."""
+    from aerec.models import MODELS
+
+    names = MODELS[model_spec.model].param_names()
+    seeded = {name: int(seed) for name in ("seed", "random_state") if name in names and name not in model_spec.fixed}
+    return make_model(model_spec.model, **model_spec.fixed, **seeded, **params)
+
+
+def pruning_callback(trial):
+    """Report each epoch's validation NDCG@100 to the trial; stop the fit when the pruner says so."""
+    import optuna
+
+    def callback(record, history) -> bool:
+        value = record.get("validation")
+        if value is not None:
+            trial.report(float(value), step=int(record["epoch"]))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
+        return False
+
+    return callback

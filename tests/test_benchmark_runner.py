@@ -1,0 +1,92 @@
+"""The benchmark runner: cells tuned with Optuna on validation users, one SQLite store, resumed without recomputing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import optuna
+import pytest
+
+from aerec.benchmark import SpecError
+from aerec.benchmark.runner import run_benchmark
+
+SPEC = {
+    "name": "tiny", "seeds": [98765, 1], "metrics": ["recall@20", "ndcg@100"], "baseline": "popularity",
+    "protocol": {"name": "strong", "n_heldout": 100}, "tuning": {"trials": 3},
+    "datasets": [{"name": "ml-100k"}],
+    "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}},
+               "dae": {"model": "mult_dae", "fixed": {"epochs": 3, "device": "cpu", "hidden": 40, "latent": 10},
+                       "space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}},
+}
+
+
+def trial_counts(store) -> dict:
+    return {summary.study_name: summary.n_trials
+            for summary in optuna.get_all_study_summaries(storage=f"sqlite:///{store}")}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir):
+    store = tmp_path_factory.mktemp("bench") / "store.sqlite"
+    return store, run_benchmark(SPEC, store)
+
+
+def test_every_cell_is_tuned_on_validation_and_scored_once_on_test(first_run):
+    store, cells = first_run
+    assert set(cells) == {("ml-100k", seed, label) for seed in (98765, 1) for label in ("popularity", "ease", "dae")}
+    ease = cells[("ml-100k", 98765, "ease")]
+    assert ease["trials"] == {"COMPLETE": 3} and 10.0 <= ease["params"]["l2"] <= 10_000.0
+    assert cells[("ml-100k", 1, "popularity")]["trials"] == {"COMPLETE": 1}  # nothing to tune: one fit
+    assert 0 < ease["test"]["ndcg@100"] <= 1 and len(ease["per_user"]["ndcg@100"]) == len(ease["users"]) == 100
+    # the same budget for every tuned model
+    assert trial_counts(store)["ml-100k/98765/dae"] == trial_counts(store)["ml-100k/98765/ease"] == 3
+
+
+def test_a_second_run_recomputes_nothing(first_run):
+    store, cells = first_run
+    before = trial_counts(store)
+    messages = []
+    again = run_benchmark(SPEC, store, log=messages.append)
+    assert again == cells and trial_counts(store) == before
+    assert all("read back" in message for message in messages)
+
+
+def test_a_cell_whose_study_finished_but_not_its_record_runs_no_new_trial(first_run):
+    store, cells = first_run
+    before = trial_counts(store)
+    with sqlite3.connect(store) as connection:  # as if killed after the last trial, before the cell was written
+        connection.execute("DELETE FROM aerec_cells WHERE label = 'ease' AND seed = 1")
+    again = run_benchmark(SPEC, store)
+    assert trial_counts(store) == before
+    assert again[("ml-100k", 1, "ease")]["test"] == cells[("ml-100k", 1, "ease")]["test"]  # refitted, same model
+
+
+def test_a_store_of_another_spec_is_refused_naming_what_differs(first_run):
+    store, _ = first_run
+    other = {**SPEC, "seeds": [98765, 2]}
+    with pytest.raises(SpecError, match=r"written by another spec \(it differs in \['seeds'\]\)"):
+        run_benchmark(other, store)
+
+
+def test_failing_trials_are_recorded_and_a_cell_without_any_success_is_named(tmp_path, data_dir, monkeypatch):
+    import torch
+
+    from aerec.models import MultDAE
+
+    def nan_loss(self, module, batch, state):  # a diverged model: the loop refuses the non-finite loss
+        return {"loss": module.decoder.layers[0].weight.sum() * torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(MultDAE, "batch_loss", nan_loss)
+    spec = {**SPEC, "seeds": [98765], "tuning": {"trials": 2}, "baseline": None,
+            "models": {"dae": {"model": "mult_dae", "fixed": {"epochs": 2, "device": "cpu", "hidden": 20, "latent": 5},
+                               "space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}}}
+    with pytest.raises(RuntimeError, match=r"\('ml-100k', 98765, 'dae'\): no trial finished"):
+        run_benchmark(spec, tmp_path / "store.sqlite")
+    study = optuna.load_study(study_name="ml-100k/98765/dae", storage=f"sqlite:///{tmp_path / 'store.sqlite'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+
+
+def test_a_protocol_the_runner_cannot_run_yet_is_refused_before_training(tmp_path):
+    spec = {**SPEC, "protocol": {"name": "per_user"}}
+    with pytest.raises(SpecError, match="does not run protocol 'per_user' yet"):
+        run_benchmark(spec, tmp_path / "store.sqlite")
