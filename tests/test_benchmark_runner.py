@@ -90,3 +90,11 @@ def test_a_protocol_the_runner_cannot_run_yet_is_refused_before_training(tmp_pat
     spec = {**SPEC, "protocol": {"name": "per_user"}}
     with pytest.raises(SpecError, match="does not run protocol 'per_user' yet"):
         run_benchmark(spec, tmp_path / "store.sqlite")
+
+
+def test_a_time_budget_stops_the_tuning_of_a_cell(tmp_path, data_dir):
+    spec = {**SPEC, "seeds": [98765], "tuning": {"trials": 50, "seconds": 0.5}, "baseline": None,
+            "models": {"ease": {"fixed": {"device": "cpu"}}}}
+    cells = run_benchmark(spec, tmp_path / "store.sqlite")
+    run = cells[("ml-100k", 98765, "ease")]["trials"]["COMPLETE"]
+    assert 1 <= run < 50  # EASE on ML-100K fits in ~0.1 s: half a second holds a few, not fifty
