@@ -32,7 +32,7 @@ from aerec.evaluation import evaluate_ranking
 from aerec.models import make_model
 from aerec.search_space import Choice
 
-__all__ = ["run_benchmark", "spec_fingerprint"]
+__all__ = ["read_store", "run_benchmark", "spec_fingerprint"]
 
 RUNNABLE_PROTOCOLS = ("strong",)
 
@@ -52,6 +52,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
     """
     import optuna
 
+    table = spec_table(spec)
     spec = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
     if spec.protocol.name not in RUNNABLE_PROTOCOLS:
         raise SpecError(f"{spec.source} [protocol]: the runner does not run protocol {spec.protocol.name!r} yet; "
@@ -62,7 +63,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                             "searched parameter")
     log = log or (lambda message: None)
     store = Path(store)
-    connection = open_store(store, spec)
+    connection = open_store(store, spec, table)
     storage = optuna.storages.RDBStorage(f"sqlite:///{store}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cells = {}
@@ -86,7 +87,40 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
 
 
 # -- the store ------------------------------------------------------------------------------------
-def open_store(path: Path, spec: BenchmarkSpec) -> sqlite3.Connection:
+def spec_table(spec) -> dict | None:
+    """The spec as its table (what the store keeps, so that a report needs only the store); None for a parsed spec."""
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, (str, Path)):
+        import tomllib
+
+        try:
+            return tomllib.loads(Path(spec).read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None  # load_spec names the problem
+    return None
+
+
+def read_store(path: str | Path) -> tuple[BenchmarkSpec, dict]:
+    """The spec a store was made for and its finished cells ``{(dataset, seed, label): record}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"no benchmark store at {path}")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'table'").fetchone()
+        rows = connection.execute("SELECT dataset, seed, label, record FROM aerec_cells").fetchall()
+    except sqlite3.DatabaseError as error:
+        raise SpecError(f"{path} is not a benchmark store: {error}") from None
+    finally:
+        connection.close()
+    if row is None:
+        raise SpecError(f"{path} holds no spec table (made from a parsed spec): report it with the spec")
+    spec = load_spec(json.loads(row[0]))
+    return spec, {(dataset, int(seed), label): json.loads(record) for dataset, seed, label, record in rows}
+
+
+def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=60)
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_spec (key TEXT PRIMARY KEY, value TEXT)")
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_cells (dataset TEXT, seed INTEGER, label TEXT, record TEXT, "
@@ -95,6 +129,8 @@ def open_store(path: Path, spec: BenchmarkSpec) -> sqlite3.Connection:
     row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'spec'").fetchone()
     if row is None:
         connection.execute("INSERT INTO aerec_spec VALUES ('spec', ?)", (fingerprint,))
+        if table is not None:
+            connection.execute("INSERT INTO aerec_spec VALUES ('table', ?)", (json.dumps(table),))
         connection.commit()
     elif row[0] != fingerprint:
         stored, given = json.loads(row[0]), json.loads(fingerprint)

@@ -1,0 +1,87 @@
+"""``aerec benchmark run SPEC`` / ``report STORE`` / ``status STORE``: offline benchmarks from a spec."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "benchmark", help="run a benchmark spec (tuning on validation users, several seeds, paired tests)",
+        description="Run, report on or inspect a benchmark: a TOML spec of datasets, protocol, seeds, metrics, tuning "
+                    "and models (see evaluation/specs/smoke.toml). Results are kept in one SQLite store; the same "
+                    "command again resumes it without recomputing what finished.")
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
+    run_parser = actions.add_parser("run", help="run (or resume) a spec, then write its report")
+    run_parser.add_argument("spec", help="the spec's TOML file")
+    run_parser.add_argument("--store", help="the SQLite store (default: the spec's path with .sqlite)")
+    run_parser.add_argument("--out", help="the report's folder (default: <store>_report)")
+    run_parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    run_parser.set_defaults(run=run)
+    report_parser = actions.add_parser("report", help="write the report of a store's finished cells")
+    report_parser.add_argument("store")
+    report_parser.add_argument("--out", help="the report's folder (default: <store>_report)")
+    report_parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    report_parser.set_defaults(run=report)
+    status_parser = actions.add_parser("status", help="cells done and left in a store")
+    status_parser.add_argument("store")
+    status_parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    status_parser.set_defaults(run=status)
+
+
+def default_out(store: Path) -> Path:
+    return store.with_name(store.stem + "_report")
+
+
+def run(args) -> int:
+    from aerec.benchmark.runner import run_benchmark
+
+    spec_path = Path(args.spec)
+    store = Path(args.store) if args.store else spec_path.with_suffix(".sqlite")
+    run_benchmark(spec_path, store, log=lambda message: print(message, file=sys.stderr))
+    return report(argparse_like(store=str(store), out=args.out, json=args.json))
+
+
+def report(args) -> int:
+    from aerec.benchmark.report import _plain, markdown, summarize, write_report
+    from aerec.benchmark.runner import read_store
+    from aerec.benchmark.spec import SpecError
+
+    store = Path(args.store)
+    spec, cells = read_store(store)
+    missing = [key for key in expected_cells(spec) if key not in cells]
+    if missing:
+        raise SpecError(f"{store}: {len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
+    summary = summarize(spec, cells)
+    paths = write_report(summary, Path(args.out) if args.out else default_out(store))
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    print(json.dumps(_plain(summary)) if args.json else markdown(summary))
+    return 0
+
+
+def status(args) -> int:
+    from aerec.benchmark.runner import read_store
+
+    spec, cells = read_store(Path(args.store))
+    expected = expected_cells(spec)
+    done = [key for key in expected if key in cells]
+    record = {"store": args.store, "spec": spec.name, "cells": len(expected), "done": len(done),
+              "left": [list(key) for key in expected if key not in cells]}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"{spec.name}: {len(done)} of {len(expected)} cells done"
+              + ("" if not record["left"] else f"; left: {', '.join('/'.join(map(str, k)) for k in record['left'])}"))
+    return 0
+
+
+def expected_cells(spec) -> list:
+    return [(dataset.name, int(seed), model.label) for dataset in spec.datasets for seed in spec.seeds
+            for model in spec.models]
+
+
+class argparse_like:  # noqa: N801 - a namespace for report() when run() chains into it
+    def __init__(self, **values):
+        self.__dict__.update(values)

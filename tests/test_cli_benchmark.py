@@ -1,0 +1,71 @@
+"""``aerec benchmark run / report / status`` on a tiny spec; bad specs exit 2 with one line naming the key."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from aerec.cli import main
+
+TINY = """
+name = "tiny"
+seeds = [98765, 1]
+metrics = ["recall@20", "ndcg@100"]
+baseline = "popularity"
+[protocol]
+name = "strong"
+n_heldout = 100
+[tuning]
+trials = 2
+[[datasets]]
+name = "ml-100k"
+[models.popularity]
+[models.ease]
+fixed = { device = "cpu" }
+"""
+
+
+@pytest.fixture
+def spec(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("AEREC_DATA_DIR", str(data_dir))
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def test_run_prints_one_json_summary_with_intervals_and_p_values_then_report_and_status_agree(spec, capsys):
+    assert main(["benchmark", "run", str(spec), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    block = summary["datasets"]["ml-100k"]
+    assert block["best"] == "ease"
+    ease = block["models"]["ease"]["metrics"]["ndcg@100"]
+    assert ease["ci_low"] < ease["mean"] < ease["ci_high"] and ease["n"] == 2
+    assert block["against_best"]["popularity"]["significant"]
+    assert 0 <= block["against_baseline"]["ease"]["wilcoxon_p_holm"] < 0.05
+    store = spec.with_suffix(".sqlite")
+    report_dir = store.with_name("tiny_report")
+    assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.csv", "report.md"}
+    assert main(["benchmark", "report", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == summary  # the report is made from the store alone
+    assert main(["benchmark", "status", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[models.easy]\n", r"\[models.easy\]: unknown model 'easy'"),
+    ("colour = 1\n", "unknown key 'colour'"),
+])
+def test_a_bad_spec_exits_2_with_one_line_naming_the_key(spec, capsys, text, message):
+    spec.write_text(text + TINY if "colour" in text else TINY + text)
+    assert main(["benchmark", "run", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("aerec benchmark: error:")
+    assert re.search(message, err)
+    assert not spec.with_suffix(".sqlite").exists()  # refused before any store or training
+
+
+def test_report_of_a_missing_store_exits_2(tmp_path, capsys):
+    assert main(["benchmark", "report", str(tmp_path / "none.sqlite")]) == 2
+    assert "no benchmark store at" in capsys.readouterr().err
