@@ -46,7 +46,14 @@ def test_run_prints_one_json_summary_with_intervals_and_p_values_then_report_and
     assert 0 <= block["against_baseline"]["ease"]["wilcoxon_p_holm"] < 0.05
     store = spec.with_suffix(".sqlite")
     report_dir = store.with_name("tiny_report")
-    assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.csv", "report.md"}
+    assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.csv", "report.md", "per_user.parquet"}
+    import pandas as pd
+
+    per_user = pd.read_parquet(report_dir / "per_user.parquet")
+    assert len(per_user) == 2 * 2 * 100 and set(per_user["model"]) == {"popularity", "ease"}
+    ease = per_user[per_user["model"] == "ease"]
+    assert ease["ndcg@100"].mean() == pytest.approx(summary["datasets"]["ml-100k"]["models"]["ease"]["metrics"]
+                                                    ["ndcg@100"]["mean"])  # equal user counts per seed
     assert main(["benchmark", "report", str(store), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == summary  # the report is made from the store alone
     assert main(["benchmark", "status", str(store), "--json"]) == 0

@@ -107,11 +107,29 @@ def _plain(value):
     return value
 
 
-def write_report(summary: dict, out_dir: str | Path) -> list[Path]:
-    """``report.json``, ``report.csv`` (one row per dataset, model and metric) and ``report.md`` under ``out_dir``."""
+def per_user_frame(cells: dict):
+    """One row per (dataset, seed, model, test user): every reported metric's per-user value (a pandas DataFrame)."""
+    import pandas as pd
+
+    frames = []
+    for (dataset, seed, label), record in sorted(cells.items()):
+        frame = pd.DataFrame({"dataset": dataset, "seed": seed, "model": label,
+                              "test_user_row": np.asarray(record["users"], dtype=np.int64)})
+        for metric, values in record["per_user"].items():
+            frame[metric] = np.asarray(values, dtype=np.float64)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_report(summary: dict, out_dir: str | Path, cells: dict | None = None) -> list[Path]:
+    """``report.json``, ``report.csv`` (one row per dataset, model and metric), ``report.md`` and, given the
+    ``cells``, ``per_user.parquet`` (every test user's values, for tests of one's own) under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.csv", out / "report.md"]
+    if cells is not None:
+        paths.append(out / "per_user.parquet")
+        per_user_frame(cells).to_parquet(paths[-1], index=False)
     paths[0].write_text(json.dumps(_plain(summary), indent=2) + "\n")
     with open(paths[1], "w", newline="") as handle:
         writer = csv.writer(handle)

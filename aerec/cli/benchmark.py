@@ -55,7 +55,7 @@ def report(args) -> int:
     if missing:
         raise SpecError(f"{store}: {len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
     summary = summarize(spec, cells)
-    paths = write_report(summary, Path(args.out) if args.out else default_out(store))
+    paths = write_report(summary, Path(args.out) if args.out else default_out(store), cells)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(json.dumps(_plain(summary)) if args.json else markdown(summary))
     return 0
