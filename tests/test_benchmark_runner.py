@@ -98,3 +98,34 @@ def test_a_time_budget_stops_the_tuning_of_a_cell(tmp_path, data_dir):
     cells = run_benchmark(spec, tmp_path / "store.sqlite")
     run = cells[("ml-100k", 98765, "ease")]["trials"]["COMPLETE"]
     assert 1 <= run < 50  # EASE on ML-100K fits in ~0.1 s: half a second holds a few, not fifty
+
+
+WORKER = """
+import sys
+from aerec.benchmark.runner import run_benchmark
+from tests.test_benchmark_runner import SPEC
+spec = {**SPEC, "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}}}, "tuning": {"trials": 4}}
+cells = run_benchmark(spec, sys.argv[1], log=lambda message: print(message, flush=True))
+print("CELLS", len(cells))
+"""
+
+
+def test_two_workers_sharing_one_store_finish_the_spec_without_running_a_cell_twice(tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store = tmp_path / "shared.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEREC_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(store)], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    ran = [line.split(":")[0] for out, _ in outputs for line in out.splitlines() if "trials, chosen" in line]
+    assert len(ran) == len(set(ran)) == 4  # 2 seeds x 2 models, each run by exactly one worker
+    assert all(out.strip().endswith("CELLS 4") for out, _ in outputs)
+    assert set(trial_counts(store).values()) <= {1, 4}  # popularity one fit, EASE its 4 trials: nothing twice
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM aerec_claims").fetchone()[0] == 0

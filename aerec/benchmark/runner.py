@@ -9,7 +9,9 @@ same SQLite file: the spec it was made for, and the finished cells (their test
 metrics and per-user values). Run again with the same command after a kill, a
 run recomputes nothing that finished: finished cells are read back, a cell's
 completed trials stay in its study and only the missing ones run (a trial cut
-off half-way is redone).
+off half-way is redone). Several workers (processes, or machines sharing the file) may run
+one spec on one store at once: each claims a cell before running it, so no cell is run
+twice; a claim left by a killed worker of the same machine is taken over.
 
 So far the runner runs the strong-generalization protocol; the others are
 refused by name before any training.
@@ -18,7 +20,10 @@ refused by name before any training.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -63,10 +68,13 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                             "searched parameter")
     log = log or (lambda message: None)
     store = Path(store)
-    connection = open_store(store, spec, table)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{store}")
+    with open(f"{store}.lock", "w") as lock:  # one worker at a time sets the store up (Optuna's schema too)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        connection = open_store(store, spec, table)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{store}", engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cells = {}
+    cells, elsewhere = {}, []
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
         for dataset in spec.datasets:
             data = load_data(dataset)
@@ -75,12 +83,30 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                 for model in spec.models:
                     key = (dataset.name, int(seed), model.label)
                     done = read_cell(connection, key)
-                    if done is None:
-                        done = run_cell(spec, model, split, seed, storage, key, log)
-                        write_cell(connection, key, done)
-                    else:
+                    if done is not None:
                         log(f"{key}: finished before, read back")
+                    elif claim(connection, key, worker):
+                        done = read_cell(connection, key)  # finished by another worker since the first look
+                        if done is None:
+                            done = run_cell(spec, model, split, seed, storage, key, log)
+                            write_cell(connection, key, done)
+                        else:
+                            release(connection, key)
+                    else:
+                        log(f"{key}: being run by another worker")
+                        elsewhere.append(key)
+                        continue
                     cells[key] = done
+        for key in elsewhere:  # wait for the other workers' cells
+            while (done := read_cell(connection, key)) is None:
+                if claim(connection, key, worker):  # free again: finished just now, or its worker was killed
+                    done = read_cell(connection, key)
+                    release(connection, key)
+                    if done is None:
+                        raise RuntimeError(f"{key}: its worker stopped before finishing it; run the spec again")
+                    break
+                time.sleep(0.5)
+            cells[key] = done
     finally:
         connection.close()
     return cells
@@ -125,6 +151,8 @@ def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None) -> sq
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_spec (key TEXT PRIMARY KEY, value TEXT)")
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_cells (dataset TEXT, seed INTEGER, label TEXT, record TEXT, "
                        "PRIMARY KEY (dataset, seed, label))")
+    connection.execute("CREATE TABLE IF NOT EXISTS aerec_claims (dataset TEXT, seed INTEGER, label TEXT, worker TEXT, "
+                       "claimed_at REAL, PRIMARY KEY (dataset, seed, label))")
     fingerprint = spec_fingerprint(spec)
     row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'spec'").fetchone()
     if row is None:
@@ -140,6 +168,43 @@ def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None) -> sq
     return connection
 
 
+def claim(connection, key, worker: str) -> bool:
+    """Take ``key`` for ``worker``: True if it was free, or held by a worker of this machine that is no longer
+    running (a killed run); claims of other machines' workers are never taken over."""
+    try:
+        with connection:
+            connection.execute("INSERT INTO aerec_claims VALUES (?, ?, ?, ?, ?)", (*key, worker, time.time()))
+        return True
+    except sqlite3.IntegrityError:
+        pass
+    row = connection.execute("SELECT worker FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?",
+                             key).fetchone()
+    if row is None:
+        return claim(connection, key, worker)
+    host, _, pid = row[0].rpartition(":")
+    if row[0] == worker or (host == socket.gethostname() and not process_alive(int(pid))):
+        with connection:
+            changed = connection.execute("UPDATE aerec_claims SET worker = ?, claimed_at = ? WHERE dataset = ? AND "
+                                         "seed = ? AND label = ? AND worker = ?", (worker, time.time(), *key, row[0]))
+        return changed.rowcount == 1
+    return False
+
+
+def release(connection, key) -> None:
+    with connection:
+        connection.execute("DELETE FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?", key)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_cell(connection, key) -> dict | None:
     row = connection.execute("SELECT record FROM aerec_cells WHERE dataset = ? AND seed = ? AND label = ?",
                              key).fetchone()
@@ -147,8 +212,9 @@ def read_cell(connection, key) -> dict | None:
 
 
 def write_cell(connection, key, record: dict) -> None:
-    connection.execute("INSERT INTO aerec_cells VALUES (?, ?, ?, ?)", (*key, json.dumps(record)))
-    connection.commit()
+    with connection:
+        connection.execute("INSERT INTO aerec_cells VALUES (?, ?, ?, ?)", (*key, json.dumps(record)))
+        connection.execute("DELETE FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?", key)
 
 
 # -- data -----------------------------------------------------------------------------------------
