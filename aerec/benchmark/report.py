@@ -20,7 +20,7 @@ import numpy as np
 from aerec.benchmark.spec import BenchmarkSpec
 from aerec.benchmark.stats import compare, mean_ci
 
-__all__ = ["markdown", "summarize", "write_report"]
+__all__ = ["json_safe", "markdown", "per_user_frame", "summarize", "write_report"]
 
 
 def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05) -> dict:
@@ -94,12 +94,12 @@ def markdown(summary: dict) -> str:
     return "".join(text)
 
 
-def _plain(value):
+def json_safe(value):
     """JSON-safe: numpy numbers as Python ones, NaN (an interval of one seed) as null."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, (np.floating, float)):
         return None if np.isnan(value) else float(value)
     if isinstance(value, np.integer):
@@ -130,7 +130,7 @@ def write_report(summary: dict, out_dir: str | Path, cells: dict | None = None) 
     if cells is not None:
         paths.append(out / "per_user.parquet")
         per_user_frame(cells).to_parquet(paths[-1], index=False)
-    paths[0].write_text(json.dumps(_plain(summary), indent=2) + "\n")
+    paths[0].write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     with open(paths[1], "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["dataset", "model", "metric", "mean", "sd", "ci_low", "ci_high", "n"])

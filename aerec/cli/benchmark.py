@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -41,11 +42,11 @@ def run(args) -> int:
     spec_path = Path(args.spec)
     store = Path(args.store) if args.store else spec_path.with_suffix(".sqlite")
     run_benchmark(spec_path, store, log=lambda message: print(message, file=sys.stderr))
-    return report(argparse_like(store=str(store), out=args.out, json=args.json))
+    return report(argparse.Namespace(store=str(store), out=args.out, json=args.json))
 
 
 def report(args) -> int:
-    from aerec.benchmark.report import _plain, markdown, summarize, write_report
+    from aerec.benchmark.report import json_safe, markdown, summarize, write_report
     from aerec.benchmark.runner import read_store
     from aerec.benchmark.spec import SpecError
 
@@ -57,7 +58,7 @@ def report(args) -> int:
     summary = summarize(spec, cells)
     paths = write_report(summary, Path(args.out) if args.out else default_out(store), cells)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
-    print(json.dumps(_plain(summary)) if args.json else markdown(summary))
+    print(json.dumps(json_safe(summary)) if args.json else markdown(summary))
     return 0
 
 
@@ -80,8 +81,3 @@ def status(args) -> int:
 def expected_cells(spec) -> list:
     return [(dataset.name, int(seed), model.label) for dataset in spec.datasets for seed in spec.seeds
             for model in spec.models]
-
-
-class argparse_like:  # noqa: N801 - a namespace for report() when run() chains into it
-    def __init__(self, **values):
-        self.__dict__.update(values)
