@@ -192,6 +192,14 @@ def split_checks(split: StrongSplit) -> dict:
     }
 
 
+def check_split(split: StrongSplit) -> dict:
+    """Disjoint users and no (user, item) pair both fold-in and held-out (as baselines_strong.py checks)."""
+    checks = split_checks(split)
+    if not checks["users_disjoint"] or checks["fold_in_heldout_common_entries"]:
+        raise RuntimeError(f"not a valid strong-generalization split: {checks}")
+    return checks
+
+
 def strong_split_table(results: dict) -> str:
     """One row per (dataset, seed) of a strong-generalization run: its users, items and interactions."""
     headers = ["dataset", "seed", "train users", "items", "train interactions", "val users", "test users"]

@@ -24,7 +24,7 @@ import torch
 
 from _common import (
     Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd, markdown_table, mean_sd,
-    split_checks, strong_split_table, finish_run,
+    check_split, strong_split_table, finish_run,
 )
 from aerec._torch import resolve_device
 from aerec.data import StrongSplit, load_movielens, strong_generalization
@@ -70,14 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # -- one split ----------------------------------------------------------------
-def check_split(split: StrongSplit) -> dict:
-    """Disjoint users and no (user, item) pair both fold-in and held-out (as baselines_strong.py checks)."""
-    checks = split_checks(split)
-    if not checks["users_disjoint"] or checks["fold_in_heldout_common_entries"]:
-        raise RuntimeError(f"not a valid strong-generalization split: {checks}")
-    return checks
-
-
 def run_model(name: str, split: StrongSplit, seed: int, epochs: int, device: str) -> dict:
     """Train one model (seeded with the split seed), keep the best validation epoch, score the test users."""
     model = MODELS[name](epochs=epochs, seed=seed, device=device)

@@ -35,7 +35,7 @@ import torch
 
 from _common import (
     RESULTS_DIR, Progress, add_output_args, command_line, environment, environment_lines, format_mean_sd,
-    markdown_table, mean_sd, split_checks, strong_split_table, finish_run,
+    markdown_table, mean_sd, check_split, strong_split_table, finish_run,
 )
 from recvae_reference import fit_reference, score_reference, test_scores
 from aerec._torch import resolve_device
@@ -86,14 +86,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # -- one split ----------------------------------------------------------------
-def check_split(split: StrongSplit) -> dict:
-    """Disjoint users and no (user, item) pair both fold-in and held-out (as baselines_strong.py checks)."""
-    checks = split_checks(split)
-    if not checks["users_disjoint"] or checks["fold_in_heldout_common_entries"]:
-        raise RuntimeError(f"not a valid strong-generalization split: {checks}")
-    return checks
-
-
 class PortScorer:
     """The port's trained network behind the ``score_tensor`` interface ``evaluate_ranking`` reads.
 

@@ -23,11 +23,11 @@ import time
 import torch
 
 from _common import Progress, add_output_args, command_line, environment, environment_lines, finish_run, \
-    format_mean_sd, markdown_table, mean_sd
+    format_mean_sd, markdown_table, mean_sd, check_split
 from aerec.data import load_movielens, strong_generalization
 from aerec.evaluation import evaluate_ranking
 from aerec.models import RecVAE
-from recvae_strong import N_HELDOUT, SEEDS, TEST_METRICS, check_split, load_context
+from recvae_strong import N_HELDOUT, SEEDS, TEST_METRICS, load_context
 
 GRID = [{"gamma": gamma, "dropout": dropout} for gamma in (0.005, 0.01, 0.02, 0.04) for dropout in (0.5, 0.7)]
 
