@@ -129,3 +129,63 @@ def test_two_workers_sharing_one_store_finish_the_spec_without_running_a_cell_tw
     assert set(trial_counts(store).values()) <= {1, 4}  # popularity one fit, EASE its 4 trials: nothing twice
     with sqlite3.connect(store) as connection:
         assert connection.execute("SELECT COUNT(*) FROM aerec_claims").fetchone()[0] == 0
+
+
+KILLED = """
+import sys
+from aerec.benchmark.runner import run_benchmark
+from tests.test_benchmark_runner import RESUME_SPEC
+run_benchmark(RESUME_SPEC, sys.argv[1])
+"""
+RESUME_SPEC = {**SPEC, "seeds": [98765], "tuning": {"trials": 4}, "baseline": None,
+               "models": {"ease": {"fixed": {"device": "cpu"}},
+                          "dae": {"model": "mult_dae", "fixed": {"epochs": 6, "device": "cpu", "hidden": 60,
+                                                                 "latent": 20},
+                                  "space": {"lr": {"low": 1e-3, "high": 3e-2, "log": True},
+                                            "dropout": {"low": 0.0, "high": 0.8}}}}}
+#: What differs between runs by nature: clocks and memory, and the count of trials a kill cut off.
+RUN_DEPENDENT = ("fit_seconds", "epoch_seconds", "tuning_seconds", "peak_rss_bytes", "interrupted")
+
+
+def running_trials(store) -> set:
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as connection:
+            return {row[0] for row in connection.execute("SELECT trial_id FROM trials WHERE state = 'RUNNING'")}
+    except sqlite3.OperationalError:  # not made yet
+        return set()
+
+
+def test_a_run_killed_twice_mid_trial_resumes_to_the_report_of_an_uninterrupted_run(tmp_path, data_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    whole = run_benchmark(RESUME_SPEC, tmp_path / "whole.sqlite")
+    store = tmp_path / "killed.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AEREC_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    cut_off = set()
+    for kill in range(2):
+        worker = subprocess.Popen([sys.executable, "-c", KILLED, str(store)], cwd=REPO, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not running_trials(store) - cut_off and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cut_off |= running_trials(store)
+        time.sleep(0.05 * kill)  # the second kill a little later into a trial
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert worker.returncode == -signal.SIGKILL, worker.stderr.read()[-2000:]
+    resumed = run_benchmark(RESUME_SPEC, store)
+    assert sum(cell["interrupted"] for cell in resumed.values()) == 2  # each kill cut one trial off, redone
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=f"sqlite:///{store}")}
+    assert sum(studies.values()) == sum(trial_counts(tmp_path / "whole.sqlite").values()) + 2  # nothing else twice
+
+    def without_clocks(cells):
+        return {key: {k: v for k, v in cell.items() if k not in RUN_DEPENDENT} for key, cell in cells.items()}
+
+    differ = {key: [k for k in cell if cell[k] != whole[key].get(k)] for key, cell in without_clocks(resumed).items()}
+    assert not any(differ.values()), differ

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -49,11 +50,14 @@ def spec_fingerprint(spec: BenchmarkSpec) -> str:
     return json.dumps(record, sort_keys=True, default=repr)
 
 
-def run_benchmark(spec, store: str | Path, log=None) -> dict:
+def run_benchmark(spec, store: str | Path, log=None, progress=None) -> dict:
     """Run every cell of ``spec`` (a path, dict or :class:`BenchmarkSpec`), resuming from ``store``; return the cells.
 
     Returns ``{(dataset, seed, label): cell record}`` with each cell's chosen parameters,
-    validation value, test metrics, per-user test values, trials run and seconds.
+    validation value, test metrics, per-user test values, trials run, the best trial's
+    validation curve, the tuning history, seconds, peak memory and the split's fingerprint.
+    ``log(message)`` hears what happens to each cell, ``progress(key)`` each cell as it is done
+    (run here, read back, or finished by another worker).
     """
     import optuna
 
@@ -67,6 +71,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
             raise SpecError(f"{spec.source} [models.{model.label}]: the grid sampler needs choices for every "
                             "searched parameter")
     log = log or (lambda message: None)
+    progress = progress or (lambda key: None)
     store = Path(store)
     with open(f"{store}.lock", "w") as lock:  # one worker at a time sets the store up (Optuna's schema too)
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -77,9 +82,10 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
         for dataset in spec.datasets:
-            data = load_data(dataset)
+            data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
             for seed in spec.seeds:
-                split = make_split(spec, dataset, data, seed)
+                split = functools.cache(lambda dataset=dataset, data=data, seed=seed:
+                                        make_split(spec, dataset, data(), seed))
                 for model in spec.models:
                     key = (dataset.name, int(seed), model.label)
                     done = read_cell(connection, key)
@@ -88,7 +94,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                     elif claim(connection, key, worker):
                         done = read_cell(connection, key)  # finished by another worker since the first look
                         if done is None:
-                            done = run_cell(spec, model, split, seed, storage, key, log)
+                            done = run_cell(spec, model, split(), seed, storage, key, log)
                             write_cell(connection, key, done)
                         else:
                             release(connection, key)
@@ -97,6 +103,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                         elsewhere.append(key)
                         continue
                     cells[key] = done
+                    progress(key)
         for key in elsewhere:  # wait for the other workers' cells
             while (done := read_cell(connection, key)) is None:
                 if claim(connection, key, worker):  # free again: finished just now, or its worker was killed
@@ -107,6 +114,7 @@ def run_benchmark(spec, store: str | Path, log=None) -> dict:
                     break
                 time.sleep(0.5)
             cells[key] = done
+            progress(key)
     finally:
         connection.close()
     return cells
@@ -241,28 +249,25 @@ def make_split(spec: BenchmarkSpec, dataset, data, seed: int):
 
 # -- one cell -------------------------------------------------------------------------------------
 def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, log) -> dict:
+    """Tune one model on one split's validation users, then score the best trial's model on its test users.
+
+    Trials run one at a time, each with a sampler seeded from (split seed, trials finished so far): with
+    the study's history it decides the trial's parameters alone, so a cell resumed after a kill draws
+    exactly what an uninterrupted run draws. A trial a killed run left RUNNING is marked FAIL with the
+    user attribute ``interrupted`` (it did not finish; it counts neither in the budget nor for the samplers)
+    and is redone.
+    """
     import optuna
 
     name, _, k = spec.tuning.metric.partition("@")
     validation = (split.validation_fold_in, split.validation_heldout)
-    sampler = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if spec.tuning.sampler == "grid":
-        chosen = optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=int(seed))
-    else:
-        chosen = sampler[spec.tuning.sampler](seed=int(seed))
     study = optuna.create_study(study_name="/".join(map(str, key)), storage=storage, direction="maximize",
-                                sampler=chosen, pruner=optuna.pruners.MedianPruner(n_warmup_steps=5),
-                                load_if_exists=True)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                         optuna.trial.TrialState.PRUNED,
-                                                         optuna.trial.TrialState.FAIL)]
-    budget = spec.tuning.trials if model_spec.space else 1
-    remaining = None if budget is None else max(budget - len(finished), 0)
-    seconds_left = None
-    if spec.tuning.seconds is not None:
-        spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished
-                    if t.datetime_complete and t.datetime_start)
-        seconds_left = max(spec.tuning.seconds - spent, 0.0)
+                                sampler=cell_sampler(spec, model_spec, seed, 0),
+                                pruner=optuna.pruners.MedianPruner(n_warmup_steps=5), load_if_exists=True)
+    redone = mark_interrupted(study)
+    if redone:
+        log(f"{key}: {redone} trial(s) cut off by a stopped run, redone")
+    budget = cell_budget(spec, model_spec)
     kept = {}
 
     def objective(trial):
@@ -271,17 +276,30 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
         callbacks = ()
         if spec.tuning.pruning and spec.tuning.metric == "ndcg@100" and hasattr(model, "batch_loss"):
             callbacks = (pruning_callback(trial),)
+        reset_peak_memory()
         start = time.perf_counter()
-        model.fit(split.train, validation=validation, callbacks=callbacks)
-        trial.set_user_attr("fit_seconds", time.perf_counter() - start)
+        try:
+            model.fit(split.train, validation=validation, callbacks=callbacks)
+        finally:
+            trial.set_user_attr("fit_seconds", time.perf_counter() - start)
+            trial.set_user_attr("peak_rss_bytes", peak_memory())
+        epochs = getattr(getattr(model, "history_", None), "epochs", None) or []
+        trial.set_user_attr("validation_curve", [record.get("validation") for record in epochs])
+        trial.set_user_attr("epoch_seconds", [record.get("seconds") for record in epochs])
         value = evaluate_ranking(model, *(part.matrix for part in validation), ks=(int(k),),
                                  metrics=(name,)).metrics[spec.tuning.metric]
         if not kept or value > kept["value"]:
             kept.update(value=value, number=trial.number, model=model)
         return value
 
-    if remaining != 0 and (seconds_left is None or seconds_left > 0):
-        study.optimize(objective, n_trials=remaining, timeout=seconds_left, catch=(Exception,))
+    while True:
+        counted = counted_trials(study)
+        spent = sum(t.user_attrs.get("fit_seconds", 0.0) for t in counted)
+        if (budget is not None and len(counted) >= budget) or (spec.tuning.seconds is not None
+                                                               and spent >= spec.tuning.seconds):
+            break
+        study.sampler = cell_sampler(spec, model_spec, seed, len(counted))
+        study.optimize(objective, n_trials=1, catch=(Exception,))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         failures = [t.system_attrs.get("fail_reason", "") for t in study.trials]
@@ -294,16 +312,109 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
     ks = sorted({int(m.partition("@")[2]) for m in spec.metrics})
     names = sorted({m.partition("@")[0] for m in spec.metrics})
     test = evaluate_ranking(model, split.test_fold_in.matrix, split.test_heldout.matrix, ks=ks, metrics=names)
-    states = [t.state.name for t in study.trials]
+    states = [t.state.name for t in counted_trials(study)]
+    epoch_seconds = [s for s in best.user_attrs.get("epoch_seconds", []) if s is not None]
     record = {"params": {**model_spec.fixed, **best.params}, "validation": best.value,
               "test": {m: test.metrics[m] for m in spec.metrics},
               "per_user": {m: np.asarray(test.per_user[m]).tolist() for m in spec.metrics},
               "users": np.asarray(test.users).tolist(),
               "trials": {state: states.count(state) for state in sorted(set(states))},
-              "fit_seconds": best.user_attrs.get("fit_seconds")}
+              "interrupted": sum(1 for t in study.trials if t.user_attrs.get("interrupted")),
+              "best_trial": [t.number for t in counted_trials(study)].index(best.number),  # kills left out
+              "split": split_fingerprint(split),
+              "validation_curve": best.user_attrs.get("validation_curve", []),
+              "tuning_history": [t.value if t.state == optuna.trial.TrialState.COMPLETE else None
+                                 for t in counted_trials(study)],
+              "fit_seconds": best.user_attrs.get("fit_seconds"),
+              "epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+              "tuning_seconds": sum(t.user_attrs.get("fit_seconds", 0.0) for t in counted_trials(study)),
+              "peak_rss_bytes": max((t.user_attrs.get("peak_rss_bytes") or 0 for t in counted_trials(study)),
+                                    default=0) or None}
     log(f"{key}: {record['trials']} trials, chosen {best.params}, validation {best.value:.4f}, test "
         + ", ".join(f"{m} {record['test'][m]:.4f}" for m in spec.metrics))
     return record
+
+
+def cell_budget(spec: BenchmarkSpec, model_spec) -> int | None:
+    """Trials per cell: the spec's, one for a model with nothing to tune, at most the grid's size."""
+    if not model_spec.space:
+        return 1
+    if spec.tuning.sampler == "grid":
+        size = int(np.prod([len(entry.values) for entry in model_spec.space.values()]))
+        return size if spec.tuning.trials is None else min(spec.tuning.trials, size)
+    return spec.tuning.trials
+
+
+def cell_sampler(spec: BenchmarkSpec, model_spec, seed: int, n_finished: int):
+    """The sampler of a cell's next trial, seeded from the split seed and the number of trials finished."""
+    import optuna
+
+    trial_seed = int(np.random.SeedSequence([int(seed), n_finished]).generate_state(1)[0])
+    if spec.tuning.sampler == "grid":
+        return optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=trial_seed)
+    if spec.tuning.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=trial_seed)
+    return optuna.samplers.TPESampler(seed=trial_seed)
+
+
+def counted_trials(study) -> list:
+    """The trials that finished (complete, pruned or failed), without those a killed run cut off."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+
+
+def mark_interrupted(study) -> int:
+    """Mark FAIL (user attribute ``interrupted``) the trials left RUNNING by a stopped worker; their number.
+
+    Only the worker holding the cell's claim runs its trials, so a RUNNING trial it finds is a killed run's.
+    The grid sampler counts any finished trial as visited: the mark takes its grid point away so it is redone.
+    """
+    import optuna
+
+    storage, marked = study._storage, 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        if "grid_id" in trial.system_attrs:
+            storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        marked += 1
+    return marked
+
+
+def split_fingerprint(split) -> str:
+    """SHA-256 of a split's parts (each matrix's shape, rows, columns and values), to trace a table to its split."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in dataclasses.fields(split):
+        interactions = getattr(split, part.name)
+        if interactions is None:
+            continue
+        digest.update(part.name.encode())
+        matrix = interactions.matrix.tocsr()
+        matrix.sort_indices()
+        for array in (np.asarray(matrix.shape), matrix.indptr, matrix.indices, matrix.data):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def reset_peak_memory() -> None:
+    """Start the process's peak resident memory (Linux VmHWM) afresh; nothing elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory() -> int | None:
+    """The process's peak resident memory in bytes since the last reset (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def build_model(model_spec, params: dict, seed: int):
