@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -68,32 +66,10 @@ def command_line() -> str:
 
 
 def environment() -> dict:
-    """Library versions, threads and the git state of the checkout, for the results file."""
-    import implicit
-    import scipy
-    import torch
+    """Library versions, threads, the machine and the git state of the checkout, for the results file."""
+    from aerec.benchmark.environment import environment as package_environment
 
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "torch": torch.__version__,
-        "implicit": implicit.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty_files": _git("status", "--porcelain").splitlines(),
-    }
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return {**package_environment(), "load_average_at_start": list(os.getloadavg())}
 
 
 def write_results(out_dir: Path, stem: str, record: dict, markdown: str) -> tuple[Path, Path]:
@@ -168,7 +144,7 @@ def environment_lines(env: dict, load_average_at_end: Sequence[float]) -> str:
         f"Measured on {env['platform']}, {env['cpu_count']} CPU cores, torch {env['torch']} "
         f"({env['torch_threads']} threads, CUDA {'yes' if env['cuda'] else 'no'}), numpy {env['numpy']}, "
         f"scipy {env['scipy']}, implicit {env['implicit']}, Python {env['python']}; "
-        f"git {env['git_commit'][:12]}{dirty}. 1-minute load average {env['load_average_at_start'][0]:.2f} at the start "
+        f"git {(env['git_commit'] or 'unknown')[:12]}{dirty}. 1-minute load average {env['load_average_at_start'][0]:.2f} at the start "
         f"and {load_average_at_end[0]:.2f} at the end (other processes may share the cores, which inflates timings).\n"
     )
 

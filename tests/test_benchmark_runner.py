@@ -64,8 +64,45 @@ def test_a_cell_whose_study_finished_but_not_its_record_runs_no_new_trial(first_
 def test_a_store_of_another_spec_is_refused_naming_what_differs(first_run):
     store, _ = first_run
     other = {**SPEC, "seeds": [98765, 2]}
-    with pytest.raises(SpecError, match=r"written by another spec \(it differs in \['seeds'\]\)"):
+    with pytest.raises(SpecError, match=r"written by another spec \(it differs in \['seeds\[1\]'\]\)"):
         run_benchmark(other, store)
+    changed = {**SPEC, "models": {**SPEC["models"], "ease": {"fixed": {"device": "cpu", "precision": "float32"}}}}
+    with pytest.raises(SpecError, match=r"differs in \['models\.ease\.fixed\.precision'\]"):
+        run_benchmark(changed, store)
+
+
+def test_an_allowed_spec_change_keeps_the_cells_it_leaves_alone_and_reruns_the_ones_it_changes(tmp_path, data_dir):
+    from aerec.benchmark.runner import read_store
+
+    spec = {**SPEC, "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}}}, "tuning": {"trials": 2}}
+    store = tmp_path / "store.sqlite"
+    first = run_benchmark(spec, store)
+    changed = {**spec, "seeds": [98765, 2],
+               "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"},
+                                                     "space": {"l2": {"low": 1.0, "high": 10.0}}}}}
+    messages = []
+    again = run_benchmark(changed, store, log=messages.append, spec_changed="allow")
+    named = "['models.ease.space.l2.high', 'models.ease.space.l2.log', 'models.ease.space.l2.low', 'seeds[1]']"
+    assert any(f"the spec changed in {named}" in message for message in messages)
+    assert again[("ml-100k", 98765, "popularity")] == first[("ml-100k", 98765, "popularity")]  # kept, not rerun
+    assert 1.0 <= again[("ml-100k", 98765, "ease")]["params"]["l2"] <= 10.0  # rerun in the new space
+    assert ("ml-100k", 1, "popularity") not in again  # seed 1 left the spec
+    stored_spec, cells = read_store(store)
+    assert stored_spec.seeds == (98765, 2) and set(cells) == set(again)  # the store now belongs to the new spec
+    with pytest.raises(ValueError, match="spec_changed='yes'; expected 'refuse' or 'allow'"):
+        run_benchmark(changed, store, spec_changed="yes")
+
+
+def test_the_store_keeps_each_workers_environment_and_each_cell_its_split_fingerprint(first_run):
+    from aerec.benchmark.runner import read_environments
+
+    store, cells = first_run
+    environments = read_environments(store)
+    assert len(environments) == 1 and environments[0]["workers"]  # one machine, one set of versions
+    assert {"aerec", "torch", "optuna", "numpy", "machine", "git_commit"} <= set(environments[0])
+    fingerprints = {seed: {cells[("ml-100k", seed, label)]["split"] for label in ("popularity", "ease", "dae")}
+                    for seed in (98765, 1)}
+    assert all(len(f) == 1 for f in fingerprints.values()) and fingerprints[98765] != fingerprints[1]
 
 
 def test_failing_trials_are_recorded_and_a_cell_without_any_success_is_named(tmp_path, data_dir, monkeypatch):

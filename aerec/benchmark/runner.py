@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aerec.benchmark.environment import environment
 from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec
 from aerec.data import binarize, filter_min_counts, load_movielens, read_csv, read_parquet, strong_generalization
 from aerec.data.datasets import STRONG_N_HELDOUT
@@ -38,7 +39,7 @@ from aerec.evaluation import evaluate_ranking
 from aerec.models import make_model
 from aerec.search_space import Choice
 
-__all__ = ["read_store", "run_benchmark", "spec_fingerprint"]
+__all__ = ["read_environments", "read_store", "run_benchmark", "spec_fingerprint"]
 
 RUNNABLE_PROTOCOLS = ("strong",)
 
@@ -47,17 +48,22 @@ def spec_fingerprint(spec: BenchmarkSpec) -> str:
     """The spec as canonical JSON (its source path left out): what a store is tied to."""
     record = dataclasses.asdict(spec)
     record.pop("source")
+    record["models"] = {model.pop("label"): model for model in record["models"]}  # differences named by label
+    record["datasets"] = {dataset["name"]: dataset for dataset in record["datasets"]}
     return json.dumps(record, sort_keys=True, default=repr)
 
 
-def run_benchmark(spec, store: str | Path, log=None, progress=None) -> dict:
+def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed: str = "refuse") -> dict:
     """Run every cell of ``spec`` (a path, dict or :class:`BenchmarkSpec`), resuming from ``store``; return the cells.
 
     Returns ``{(dataset, seed, label): cell record}`` with each cell's chosen parameters,
     validation value, test metrics, per-user test values, trials run, the best trial's
     validation curve, the tuning history, seconds, peak memory and the split's fingerprint.
     ``log(message)`` hears what happens to each cell, ``progress(key)`` each cell as it is done
-    (run here, read back, or finished by another worker).
+    (run here, read back, or finished by another worker). A store made for another spec is refused,
+    naming what differs; ``spec_changed="allow"`` runs the new spec on it anyway (the store then
+    belongs to the new spec): a finished cell is kept when its dataset, seed and model are still in
+    the spec and the entries it depends on (dataset, protocol, metrics, tuning, model) did not change.
     """
     import optuna
 
@@ -70,16 +76,20 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None) -> dict:
         if spec.tuning.sampler == "grid" and not all(isinstance(e, Choice) for e in model.space.values()):
             raise SpecError(f"{spec.source} [models.{model.label}]: the grid sampler needs choices for every "
                             "searched parameter")
+    if spec_changed not in ("refuse", "allow"):
+        raise ValueError(f"spec_changed={spec_changed!r}; expected 'refuse' or 'allow'")
     log = log or (lambda message: None)
     progress = progress or (lambda key: None)
     store = Path(store)
     with open(f"{store}.lock", "w") as lock:  # one worker at a time sets the store up (Optuna's schema too)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        connection = open_store(store, spec, table)
+        connection = open_store(store, spec, table, spec_changed, log)
         storage = optuna.storages.RDBStorage(f"sqlite:///{store}", engine_kwargs={"connect_args": {"timeout": 60}})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cells, elsewhere = {}, []
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    with connection:
+        connection.execute("INSERT INTO aerec_runs VALUES (?, ?, ?)", (worker, time.time(), json.dumps(environment())))
     try:
         for dataset in spec.datasets:
             data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
@@ -88,13 +98,15 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None) -> dict:
                                         make_split(spec, dataset, data(), seed))
                 for model in spec.models:
                     key = (dataset.name, int(seed), model.label)
-                    done = read_cell(connection, key)
+                    made_for = cell_fingerprint(spec, dataset, model)
+                    done = current(read_cell(connection, key), made_for)
                     if done is not None:
                         log(f"{key}: finished before, read back")
                     elif claim(connection, key, worker):
-                        done = read_cell(connection, key)  # finished by another worker since the first look
+                        done = current(read_cell(connection, key), made_for)  # another worker's, since the first look
                         if done is None:
-                            done = run_cell(spec, model, split(), seed, storage, key, log)
+                            forget_cell(connection, storage, key, log)  # a cell of the spec before an allowed change
+                            done = {**run_cell(spec, model, split(), seed, storage, key, log), "cell": made_for}
                             write_cell(connection, key, done)
                         else:
                             release(connection, key)
@@ -105,9 +117,11 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None) -> dict:
                     cells[key] = done
                     progress(key)
         for key in elsewhere:  # wait for the other workers' cells
-            while (done := read_cell(connection, key)) is None:
+            made_for = cell_fingerprint(spec, next(d for d in spec.datasets if d.name == key[0]),
+                                        next(m for m in spec.models if m.label == key[2]))
+            while (done := current(read_cell(connection, key), made_for)) is None:
                 if claim(connection, key, worker):  # free again: finished just now, or its worker was killed
-                    done = read_cell(connection, key)
+                    done = current(read_cell(connection, key), made_for)
                     release(connection, key)
                     if done is None:
                         raise RuntimeError(f"{key}: its worker stopped before finishing it; run the spec again")
@@ -151,16 +165,51 @@ def read_store(path: str | Path) -> tuple[BenchmarkSpec, dict]:
     if row is None:
         raise SpecError(f"{path} holds no spec table (made from a parsed spec): report it with the spec")
     spec = load_spec(json.loads(row[0]))
-    return spec, {(dataset, int(seed), label): json.loads(record) for dataset, seed, label, record in rows}
+    made_for = {(dataset.name, model.label): cell_fingerprint(spec, dataset, model)
+                for dataset in spec.datasets for model in spec.models}
+    cells = {(dataset, int(seed), label): current(json.loads(record), made_for.get((dataset, label)))
+             for dataset, seed, label, record in rows if (dataset, label) in made_for and int(seed) in spec.seeds}
+    return spec, {key: record for key, record in cells.items() if record is not None}
 
 
-def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None) -> sqlite3.Connection:
+def read_environments(path: str | Path) -> list[dict]:
+    """The environment records (:func:`~aerec.benchmark.environment.environment`) of the workers that ran a store,
+    each distinct one once with its workers and when each started."""
+    connection = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("SELECT worker, started, environment FROM aerec_runs ORDER BY started").fetchall()
+    except sqlite3.DatabaseError:
+        rows = []
+    finally:
+        connection.close()
+    distinct: dict = {}
+    for worker, started, record in rows:
+        entry = distinct.setdefault(record, {**json.loads(record), "workers": []})
+        entry["workers"].append({"worker": worker, "started": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                                           time.gmtime(started)) + "Z"})
+    return list(distinct.values())
+
+
+def differences(stored, given, path: str = "") -> list[str]:
+    """The dotted paths at which two spec records differ (down to a model's fixed parameter)."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        return [difference for key in sorted(set(stored) | set(given), key=str)
+                for difference in differences(stored.get(key), given.get(key), f"{path}.{key}" if path else str(key))]
+    if isinstance(stored, list) and isinstance(given, list) and len(stored) == len(given):
+        return [difference for i, (a, b) in enumerate(zip(stored, given))
+                for difference in differences(a, b, f"{path}[{i}]")]
+    return [] if stored == given else [path]
+
+
+def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None, spec_changed: str = "refuse",
+               log=lambda message: None) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=60)
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_spec (key TEXT PRIMARY KEY, value TEXT)")
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_cells (dataset TEXT, seed INTEGER, label TEXT, record TEXT, "
                        "PRIMARY KEY (dataset, seed, label))")
     connection.execute("CREATE TABLE IF NOT EXISTS aerec_claims (dataset TEXT, seed INTEGER, label TEXT, worker TEXT, "
                        "claimed_at REAL, PRIMARY KEY (dataset, seed, label))")
+    connection.execute("CREATE TABLE IF NOT EXISTS aerec_runs (worker TEXT, started REAL, environment TEXT)")
     fingerprint = spec_fingerprint(spec)
     row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'spec'").fetchone()
     if row is None:
@@ -169,10 +218,19 @@ def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None) -> sq
             connection.execute("INSERT INTO aerec_spec VALUES ('table', ?)", (json.dumps(table),))
         connection.commit()
     elif row[0] != fingerprint:
-        stored, given = json.loads(row[0]), json.loads(fingerprint)
-        differ = sorted(key for key in given if stored.get(key) != given.get(key))
-        connection.close()
-        raise SpecError(f"the store {path} was written by another spec (it differs in {differ}); use another store")
+        changed = differences(json.loads(row[0]), json.loads(fingerprint))
+        if spec_changed != "allow":
+            connection.close()
+            raise SpecError(f"the store {path} was written by another spec (it differs in {changed}); use another "
+                            "store, or allow the change (--spec-changed=allow) to keep its finished cells")
+        log(f"{path}: the spec changed in {changed}; allowed: finished cells whose entries did not change are kept, "
+            "the others run again")
+        with connection:
+            connection.execute("UPDATE aerec_spec SET value = ? WHERE key = 'spec'", (fingerprint,))
+            connection.execute("DELETE FROM aerec_spec WHERE key = 'table'")
+            if table is not None:
+                connection.execute("INSERT INTO aerec_spec VALUES ('table', ?)", (json.dumps(table),))
+            connection.execute("INSERT OR REPLACE INTO aerec_spec VALUES ('changed', ?)", (json.dumps(changed),))
     return connection
 
 
@@ -211,6 +269,37 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def cell_fingerprint(spec: BenchmarkSpec, dataset, model) -> str:
+    """What a cell's result depends on besides its seed: the dataset, protocol, metrics, tuning and model entries."""
+    import hashlib
+
+    record = {"dataset": dataset, "protocol": spec.protocol, "metrics": spec.metrics, "tuning": spec.tuning,
+              "model": model}
+    text = json.dumps({key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                       for key, value in record.items()}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def current(record: dict | None, made_for: str) -> dict | None:
+    """A finished cell's record if it was made for this spec's cell (not one before an allowed change), else None."""
+    return record if record is not None and record.get("cell", made_for) == made_for else None
+
+
+def forget_cell(connection, storage, key, log) -> None:
+    """Remove a cell's record and study left by the spec before an allowed change (nothing when there is none)."""
+    import optuna
+
+    if read_cell(connection, key) is None:
+        return
+    log(f"{key}: its entries in the spec changed: run again")
+    with connection:
+        connection.execute("DELETE FROM aerec_cells WHERE dataset = ? AND seed = ? AND label = ?", key)
+    try:
+        optuna.delete_study(study_name="/".join(map(str, key)), storage=storage)
+    except KeyError:
+        pass
 
 
 def read_cell(connection, key) -> dict | None:
