@@ -76,3 +76,34 @@ def test_a_bad_spec_exits_2_with_one_line_naming_the_key(spec, capsys, text, mes
 def test_report_of_a_missing_store_exits_2(tmp_path, capsys):
     assert main(["benchmark", "report", str(tmp_path / "none.sqlite")]) == 2
     assert "no benchmark store at" in capsys.readouterr().err
+
+
+def without_clocks(summary: dict) -> dict:
+    """A summary without what differs between runs by nature (seconds, memory, environment)."""
+    if isinstance(summary, dict):
+        return {key: without_clocks(value) for key, value in summary.items()
+                if key not in ("fit_seconds", "epoch_seconds", "tuning_seconds", "peak_rss_bytes", "environment")}
+    return summary
+
+
+def test_two_jobs_give_the_summary_of_one_and_a_changed_spec_is_refused_unless_allowed(spec, tmp_path, capsys):
+    assert main(["benchmark", "run", str(spec), "--json", "--store", str(tmp_path / "one.sqlite")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(["benchmark", "run", str(spec), "--json", "--jobs", "2", "--store", str(tmp_path / "two.sqlite")]) == 0
+    captured = capsys.readouterr()
+    assert without_clocks(json.loads(captured.out)) == without_clocks(one)
+    assert re.search(r"\[worker \d+\] \('ml-100k', 1, 'ease'\): ", captured.err)  # the workers' messages relayed
+    spec.write_text(TINY.replace("trials = 2", "trials = 3"))
+    assert main(["benchmark", "run", str(spec), "--store", str(tmp_path / "one.sqlite")]) == 2
+    assert "differs in ['tuning.trials']" in capsys.readouterr().err
+    assert main(["benchmark", "run", str(spec), "--json", "--spec-changed=allow", "--quiet",
+                 "--store", str(tmp_path / "one.sqlite")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["datasets"]["ml-100k"]["models"]["ease"]["trials"] == {"COMPLETE": 6}
+    assert "trials, chosen" not in captured.err  # --quiet: no per-cell messages
+
+
+def test_jobs_below_one_is_refused(spec, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "run", str(spec), "--jobs", "0"])
+    assert exit_info.value.code == 2 and "argument --jobs: '0'; expected an integer >= 1" in capsys.readouterr().err

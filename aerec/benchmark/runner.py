@@ -53,7 +53,8 @@ def spec_fingerprint(spec: BenchmarkSpec) -> str:
     return json.dumps(record, sort_keys=True, default=repr)
 
 
-def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed: str = "refuse") -> dict:
+def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed: str = "refuse",
+                  jobs: int = 1) -> dict:
     """Run every cell of ``spec`` (a path, dict or :class:`BenchmarkSpec`), resuming from ``store``; return the cells.
 
     Returns ``{(dataset, seed, label): cell record}`` with each cell's chosen parameters,
@@ -64,10 +65,12 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     naming what differs; ``spec_changed="allow"`` runs the new spec on it anyway (the store then
     belongs to the new spec): a finished cell is kept when its dataset, seed and model are still in
     the spec and the entries it depends on (dataset, protocol, metrics, tuning, model) did not change.
+    ``jobs`` > 1 runs the cells in that many worker processes on the store (each with its share of
+    the CPU threads); their messages and progress come back to ``log`` and ``progress`` here.
     """
     import optuna
 
-    table = spec_table(spec)
+    table, original = spec_table(spec), spec
     spec = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
     if spec.protocol.name not in RUNNABLE_PROTOCOLS:
         raise SpecError(f"{spec.source} [protocol]: the runner does not run protocol {spec.protocol.name!r} yet; "
@@ -78,9 +81,13 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
                             "searched parameter")
     if spec_changed not in ("refuse", "allow"):
         raise ValueError(f"spec_changed={spec_changed!r}; expected 'refuse' or 'allow'")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}; expected an integer >= 1")
     log = log or (lambda message: None)
     progress = progress or (lambda key: None)
     store = Path(store)
+    if jobs > 1:
+        return run_workers(original, spec, table, store, jobs, log, progress, spec_changed)
     with open(f"{store}.lock", "w") as lock:  # one worker at a time sets the store up (Optuna's schema too)
         fcntl.flock(lock, fcntl.LOCK_EX)
         connection = open_store(store, spec, table, spec_changed, log)
@@ -134,6 +141,83 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     return cells
 
 
+def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, log, progress, spec_changed) -> dict:
+    """Run a spec in ``jobs`` worker processes sharing ``store``; relay their messages; return the cells."""
+    import multiprocessing
+    import queue
+
+    import optuna
+
+    with open(f"{store}.lock", "w") as lock:  # refuse (or allow) a changed spec once, before any worker starts
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        open_store(store, spec, table, spec_changed, log).close()
+        optuna.storages.RDBStorage(f"sqlite:///{store}", engine_kwargs={"connect_args": {"timeout": 60}})
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    workers = [context.Process(target=worker_main, args=(original, str(store), threads, messages), daemon=True)
+               for _ in range(jobs)]
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})  # the workers' BLAS threads, at start
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    reported = set()
+    while any(worker.is_alive() for worker in workers) or not messages.empty():
+        try:
+            kind, value = messages.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if kind == "log":
+            log(value)
+        elif tuple(value) not in reported:
+            reported.add(tuple(value))
+            progress(tuple(value))
+    for worker in workers:
+        worker.join()
+    failed = [f"worker {i + 1} exited with {worker.exitcode}" for i, worker in enumerate(workers) if worker.exitcode]
+    if failed:
+        raise RuntimeError(f"{'; '.join(failed)} (see its messages above); finished cells are kept in {store}: "
+                           "run the spec again to go on")
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        cells = finished_cells(connection, spec)
+    finally:
+        connection.close()
+    for key in expected_keys(spec):
+        if key not in reported:
+            progress(key)
+    missing = [key for key in expected_keys(spec) if key not in cells]
+    if missing:
+        raise RuntimeError(f"{len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
+    return {key: cells[key] for key in expected_keys(spec)}
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_main(spec, store: str, threads: int, messages) -> None:
+    """One worker process of :func:`run_workers`: run the spec on the store, sending back its messages."""
+    import torch
+
+    torch.set_num_threads(threads)
+    name = f"[worker {os.getpid()}] "
+    run_benchmark(spec, store, log=lambda message: messages.put(("log", name + message)),
+                  progress=lambda key: messages.put(("progress", key)))
+
+
+def expected_keys(spec: BenchmarkSpec) -> list:
+    """Every cell of a spec, in the order the runner visits them."""
+    return [(dataset.name, int(seed), model.label) for dataset in spec.datasets for seed in spec.seeds
+            for model in spec.models]
+
+
 # -- the store ------------------------------------------------------------------------------------
 def spec_table(spec) -> dict | None:
     """The spec as its table (what the store keeps, so that a report needs only the store); None for a parsed spec."""
@@ -157,19 +241,24 @@ def read_store(path: str | Path) -> tuple[BenchmarkSpec, dict]:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'table'").fetchone()
-        rows = connection.execute("SELECT dataset, seed, label, record FROM aerec_cells").fetchall()
+        if row is None:
+            raise SpecError(f"{path} holds no spec table (made from a parsed spec): report it with the spec")
+        spec = load_spec(json.loads(row[0]))
+        return spec, finished_cells(connection, spec)
     except sqlite3.DatabaseError as error:
         raise SpecError(f"{path} is not a benchmark store: {error}") from None
     finally:
         connection.close()
-    if row is None:
-        raise SpecError(f"{path} holds no spec table (made from a parsed spec): report it with the spec")
-    spec = load_spec(json.loads(row[0]))
+
+
+def finished_cells(connection, spec: BenchmarkSpec) -> dict:
+    """The store's finished cells of ``spec``: its datasets, seeds and models, made for its current entries."""
     made_for = {(dataset.name, model.label): cell_fingerprint(spec, dataset, model)
                 for dataset in spec.datasets for model in spec.models}
+    rows = connection.execute("SELECT dataset, seed, label, record FROM aerec_cells").fetchall()
     cells = {(dataset, int(seed), label): current(json.loads(record), made_for.get((dataset, label)))
              for dataset, seed, label, record in rows if (dataset, label) in made_for and int(seed) in spec.seeds}
-    return spec, {key: record for key, record in cells.items() if record is not None}
+    return {key: record for key, record in cells.items() if record is not None}
 
 
 def read_environments(path: str | Path) -> list[dict]:

@@ -20,6 +20,12 @@ def register(commands) -> None:
     run_parser.add_argument("--store", help="the SQLite store (default: the spec's path with .sqlite)")
     run_parser.add_argument("--out", help="the report's folder (default: <store>_report)")
     run_parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    run_parser.add_argument("--jobs", type=positive_int, default=1,
+                            help="worker processes sharing the store, each running whole cells (default 1)")
+    run_parser.add_argument("--spec-changed", choices=("refuse", "allow"), default="refuse",
+                            help="a store made for another version of the spec: refuse it (default), or allow it "
+                                 "(cells whose entries did not change are kept, the others run again)")
+    run_parser.add_argument("--quiet", action="store_true", help="no progress bar or per-cell messages on stderr")
     run_parser.set_defaults(run=run)
     report_parser = actions.add_parser("report", help="write the report of a store's finished cells")
     report_parser.add_argument("store")
@@ -36,23 +42,43 @@ def default_out(store: Path) -> Path:
     return store.with_name(store.stem + "_report")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected an integer >= 1")
+    return value
+
+
 def run(args) -> int:
-    from aerec.benchmark.runner import run_benchmark
+    from tqdm import tqdm
+
+    from aerec.benchmark.runner import expected_keys, run_benchmark
+    from aerec.benchmark.spec import load_spec
 
     spec_path = Path(args.spec)
     store = Path(args.store) if args.store else spec_path.with_suffix(".sqlite")
-    run_benchmark(spec_path, store, log=lambda message: print(message, file=sys.stderr))
+    total = len(expected_keys(load_spec(spec_path)))
+    with tqdm(total=total, unit="cell", file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True) as bar:
+        def log(message):
+            if not args.quiet:
+                bar.write(message, file=sys.stderr)
+
+        run_benchmark(spec_path, store, log=log, progress=lambda key: bar.update(1), spec_changed=args.spec_changed,
+                      jobs=args.jobs)
     return report(argparse.Namespace(store=str(store), out=args.out, json=args.json))
 
 
 def report(args) -> int:
     from aerec.benchmark.report import json_safe, markdown, summarize, write_report
-    from aerec.benchmark.runner import read_store
+    from aerec.benchmark.runner import expected_keys, read_store
     from aerec.benchmark.spec import SpecError
 
     store = Path(args.store)
     spec, cells = read_store(store)
-    missing = [key for key in expected_cells(spec) if key not in cells]
+    missing = [key for key in expected_keys(spec) if key not in cells]
     if missing:
         raise SpecError(f"{store}: {len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
     summary = summarize(spec, cells)
@@ -63,10 +89,10 @@ def report(args) -> int:
 
 
 def status(args) -> int:
-    from aerec.benchmark.runner import read_store
+    from aerec.benchmark.runner import expected_keys, read_store
 
     spec, cells = read_store(Path(args.store))
-    expected = expected_cells(spec)
+    expected = expected_keys(spec)
     done = [key for key in expected if key in cells]
     record = {"store": args.store, "spec": spec.name, "cells": len(expected), "done": len(done),
               "left": [list(key) for key in expected if key not in cells]}
@@ -78,6 +104,3 @@ def status(args) -> int:
     return 0
 
 
-def expected_cells(spec) -> list:
-    return [(dataset.name, int(seed), model.label) for dataset in spec.datasets for seed in spec.seeds
-            for model in spec.models]
