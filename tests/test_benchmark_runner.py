@@ -181,7 +181,7 @@ RESUME_SPEC = {**SPEC, "seeds": [98765], "tuning": {"trials": 4}, "baseline": No
                                   "space": {"lr": {"low": 1e-3, "high": 3e-2, "log": True},
                                             "dropout": {"low": 0.0, "high": 0.8}}}}}
 #: What differs between runs by nature: clocks and memory, and the count of trials a kill cut off.
-RUN_DEPENDENT = ("fit_seconds", "epoch_seconds", "tuning_seconds", "peak_rss_bytes", "interrupted")
+RUN_DEPENDENT = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "interrupted")
 
 
 def running_trials(store) -> set:

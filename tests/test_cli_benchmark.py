@@ -78,11 +78,13 @@ def test_report_of_a_missing_store_exits_2(tmp_path, capsys):
     assert "no benchmark store at" in capsys.readouterr().err
 
 
+CLOCKS = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment")
+
+
 def without_clocks(summary: dict) -> dict:
     """A summary without what differs between runs by nature (seconds, memory, environment)."""
     if isinstance(summary, dict):
-        return {key: without_clocks(value) for key, value in summary.items()
-                if key not in ("fit_seconds", "epoch_seconds", "tuning_seconds", "peak_rss_bytes", "environment")}
+        return {key: without_clocks(value) for key, value in summary.items() if key not in CLOCKS}
     return summary
 
 
