@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import optuna
 import pytest
 
@@ -123,10 +124,53 @@ def test_failing_trials_are_recorded_and_a_cell_without_any_success_is_named(tmp
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
 
 
-def test_a_protocol_the_runner_cannot_run_yet_is_refused_before_training(tmp_path):
-    spec = {**SPEC, "protocol": {"name": "per_user"}}
-    with pytest.raises(SpecError, match="does not run protocol 'per_user' yet"):
-        run_benchmark(spec, tmp_path / "store.sqlite")
+@pytest.mark.parametrize("protocol", ["per_user", "temporal"])
+def test_the_holdout_protocols_tune_on_the_validation_part_and_rank_the_test_part_from_all_else(protocol, tmp_path,
+                                                                                                 ml100k):
+    from aerec.data import binarize, per_user_holdout, temporal_holdout
+    from aerec.evaluation import evaluate_ranking
+    from aerec.models import Popularity
+
+    spec = {**SPEC, "seeds": [5], "protocol": {"name": protocol}, "tuning": {"trials": 2}, "baseline": None,
+            "datasets": [{"name": "ml-100k", "binarize": 3.5}],
+            "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}}}}
+    cells = run_benchmark(spec, tmp_path / "store.sqlite")
+    data = binarize(ml100k, threshold=3.5)
+    split = (per_user_holdout(data, test_fraction=0.2, validation_fraction=0.1, seed=5) if protocol == "per_user"
+             else temporal_holdout(data, test_fraction=0.2, validation_fraction=0.1))
+    model = Popularity().fit(split.train)
+    known = split.train.matrix + split.validation.matrix  # the test ranks from all else, which it leaves out
+    by_hand = evaluate_ranking(model, known, split.test.matrix, ks=(20, 100), metrics=("recall", "ndcg"))
+    popularity = cells[("ml-100k", 5, "popularity")]
+    assert popularity["test"] == pytest.approx({m: by_hand.metrics[m] for m in ("recall@20", "ndcg@100")}, abs=1e-12)
+    assert popularity["validation"] == pytest.approx(evaluate_ranking(
+        model, split.train.matrix, split.validation.matrix, ks=(100,), metrics=("ndcg",)).metrics["ndcg@100"])
+    assert popularity["users"] == np.asarray(by_hand.users).tolist()
+    if protocol == "per_user":  # (a global time cut leaves many test users with no history: popularity wins there)
+        assert cells[("ml-100k", 5, "ease")]["test"]["ndcg@100"] > popularity["test"]["ndcg@100"]
+
+
+def test_the_ratings_protocol_minimizes_validation_rmse_and_reports_per_user_errors(tmp_path, ml100k):
+    from aerec.data import random_holdout
+    from aerec.models import make_model
+
+    spec = {"seeds": [3], "protocol": {"name": "ratings"}, "metrics": ["rmse", "mae"], "tuning": {"trials": 3},
+            "datasets": [{"name": "ml-100k"}], "models": {"bias": {}}}
+    cell = run_benchmark(spec, tmp_path / "store.sqlite")[("ml-100k", 3, "bias")]
+    study = optuna.load_study(study_name="ml-100k/3/bias", storage=f"sqlite:///{tmp_path / 'store.sqlite'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert cell["validation"] == min(t.value for t in study.trials)  # the smallest validation RMSE chosen
+    split = random_holdout(ml100k, test_fraction=0.1, validation_fraction=0.1, seed=3)
+    model = make_model("bias", **{k: v for k, v in cell["params"].items()}).fit(split.train,
+                                                                                 validation=split.validation)
+    test = split.test.matrix.tocoo()
+    error = model.predict(test.row, test.col) - test.data
+    assert cell["test"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))))
+    assert cell["test"]["mae"] == pytest.approx(float(np.mean(np.abs(error))))
+    first = cell["users"][0]
+    mine = error[test.row == first]
+    assert cell["per_user"]["rmse"][0] == pytest.approx(float(np.sqrt(np.mean(mine ** 2))))
+    assert len(cell["users"]) == len(np.unique(test.row))
 
 
 def test_a_time_budget_stops_the_tuning_of_a_cell(tmp_path, data_dir):
@@ -226,3 +270,20 @@ def test_a_run_killed_twice_mid_trial_resumes_to_the_report_of_an_uninterrupted_
 
     differ = {key: [k for k in cell if cell[k] != whole[key].get(k)] for key, cell in without_clocks(resumed).items()}
     assert not any(differ.values()), differ
+
+
+def test_the_report_of_models_trained_by_epochs_draws_their_validation_curves(first_run, tmp_path):
+    from aerec.benchmark import load_spec
+    from aerec.benchmark.report import summarize, write_report
+    from aerec.benchmark.runner import read_environments
+
+    store, cells = first_run
+    summary = summarize(load_spec(SPEC), cells, environments=read_environments(store))
+    paths = {path.name for path in write_report(summary, tmp_path, cells)}
+    assert {"metrics_ml-100k.png", "validation_curves_ml-100k.png", "tuning_history_ml-100k.png"} <= paths
+    dae = summary["datasets"]["ml-100k"]["models"]["dae"]
+    assert dae["epoch_seconds"] > 0 and dae["tuning_seconds"] >= dae["fit_seconds"] > 0
+    assert dae["searched"] == ["lr"] and dae["fixed"]["epochs"] == 3
+    assert all(len(cells[("ml-100k", seed, "dae")]["validation_curve"]) == 3 for seed in (98765, 1))
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| dae"))
+    assert "lr=" in row and "epochs=" not in row  # the chosen column lists what was searched; fixed ones below

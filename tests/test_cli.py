@@ -122,3 +122,46 @@ def test_a_tuple_parameter_goes_in_as_comma_separated_values(capsys, tmp_path):
                          "--param", "hidden=6,3", "--param", "epochs=2", "--param", "loss=multinomial", "--k", "5", "--json")
     assert code == 0, err
     assert json.loads(out)["params"]["hidden"] == [6, 3]
+
+
+def test_evaluate_and_train_tune_on_the_validation_users_and_keep_the_best_trials_model(capsys, data_dir, tmp_path):
+    import optuna
+
+    from aerec.benchmark.protocols import CellData
+    from aerec.benchmark.runner import tune
+    from aerec.benchmark.spec import ModelSpec, TuningSpec
+    from aerec.cli.common import make_split
+    from aerec.data import load_movielens
+    from aerec.models import EASE
+
+    code, out, err = run(capsys, "evaluate", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--model", "ease",
+                         "--param", "device=cpu", "--tune", "4", "--json")
+    assert code == 0
+    report = json.loads(out)
+    tuning = report["tuning"]
+    assert tuning["trials"] == 4 and tuning["space"] == ["l2"] and tuning["metric"] == "ndcg@100"
+    assert report["params"]["l2"] == tuning["chosen"]["l2"] and 10 <= tuning["chosen"]["l2"] <= 10_000
+    assert tuning["best_validation"] == max(tuning["history"]) and "tuned ease: 4 trials" in err
+    # the same trials as the benchmark's machinery with the split seed: the CLI adds nothing of its own
+    split = make_split(load_movielens("ml-100k", data_dir), "strong", 98765, None, "ml-100k")
+    best, model, _ = tune(optuna.create_study(direction="maximize"), TuningSpec(trials=4),
+                          ModelSpec("ease", "ease", {"device": "cpu"}, EASE.default_search_space()),
+                          CellData(None, split.train, split.validation, split.test), 98765, "ease")
+    assert best.params == tuning["chosen"]
+    code, out, _ = run(capsys, "train", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--model", "ease",
+                       "--param", "device=cpu", "--tune", "4", "--out", str(tmp_path / "ease"), "--json")
+    assert code == 0
+    assert json.loads(out)["tuning"]["chosen"] == tuning["chosen"]
+    config = json.loads((tmp_path / "ease" / "config.json").read_text())
+    assert config["state"]["params"]["l2"] == tuning["chosen"]["l2"]  # the best trial's model is the one saved
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tune", "0"], "--tune 0; expected"),
+    (["--tune", "2", "--protocol", "per-user"], "--tune needs a validation part and the 'per-user' protocol has none"),
+    (["--tune", "2", "--param", "l2=100"], "'ease' has nothing left to tune"),
+])
+def test_a_tune_that_cannot_run_exits_2_naming_why(capsys, data_dir, argv, message):
+    code, _, err = run(capsys, "evaluate", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--model", "ease",
+                       *argv)
+    assert code == 2 and message in err

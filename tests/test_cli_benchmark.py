@@ -46,7 +46,13 @@ def test_run_prints_one_json_summary_with_intervals_and_p_values_then_report_and
     assert 0 <= block["against_baseline"]["ease"]["wilcoxon_p_holm"] < 0.05
     store = spec.with_suffix(".sqlite")
     report_dir = store.with_name("tiny_report")
-    assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.csv", "report.md", "per_user.parquet"}
+    assert {p.name for p in report_dir.iterdir()} == {"report.json", "report.csv", "report.md", "per_user.parquet",
+                                                      "metrics_ml-100k.png", "tuning_history_ml-100k.png"}
+    assert all((report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+               for name in ("metrics_ml-100k.png", "tuning_history_ml-100k.png"))
+    text = (report_dir / "report.md").read_text()
+    assert "![metrics_ml-100k.png](metrics_ml-100k.png)" in text and "## Provenance" in text
+    assert summary["splits"]["ml-100k"]["98765"][:16] in text and summary["environment"][0]["optuna"] in text
     import pandas as pd
 
     per_user = pd.read_parquet(report_dir / "per_user.parquet")

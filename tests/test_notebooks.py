@@ -14,6 +14,7 @@ NOTEBOOKS = {
     "quickstart.ipynb": ["quickstart_training.png", "quickstart_metrics.png"],
     "embeddings.ipynb": ["embeddings_map.png"],
     "autorec_ratings.ipynb": ["autorec_ratings_rmse.png", "autorec_ratings_by_activity.png"],
+    "benchmark.ipynb": ["benchmark_metrics.png", "benchmark_validation_curves.png", "benchmark_tuning_history.png"],
 }
 
 

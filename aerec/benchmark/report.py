@@ -11,25 +11,31 @@ users of a seed). Written as JSON, CSV and markdown.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
+from aerec.benchmark.protocols import LOWER_IS_BETTER
 from aerec.benchmark.spec import BenchmarkSpec
 from aerec.benchmark.stats import compare, mean_ci
 
-__all__ = ["json_safe", "markdown", "per_user_frame", "summarize", "write_report"]
+__all__ = ["json_safe", "markdown", "per_user_frame", "summarize", "summary_frame", "write_report"]
 
 
-def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05) -> dict:
-    """The report's content from the finished ``cells`` of :func:`~aerec.benchmark.runner.run_benchmark`."""
+def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05, environments: list | None = None) -> dict:
+    """The report's content from the finished ``cells`` of :func:`~aerec.benchmark.runner.run_benchmark`.
+
+    ``environments`` (:func:`~aerec.benchmark.runner.read_environments`) and each split's fingerprint
+    are written with it, so that the table can be traced to what made it.
+    """
     primary = spec.tuning.metric if spec.tuning.metric in spec.metrics else spec.metrics[0]
     out = {"spec": spec.name, "seeds": list(spec.seeds), "metrics": list(spec.metrics), "primary": primary,
            "alpha": alpha, "tuning": {"sampler": spec.tuning.sampler, "trials": spec.tuning.trials,
                                       "seconds": spec.tuning.seconds, "metric": spec.tuning.metric},
-           "datasets": {}}
+           "datasets": {}, "environment": environments or [],
+           "splits": {dataset.name: {str(seed): cells[(dataset.name, int(seed), spec.models[0].label)].get("split")
+                                     for seed in spec.seeds} for dataset in spec.datasets}}
     for dataset in spec.datasets:
         models, per_user = {}, {}
         for model in spec.models:
@@ -39,18 +45,27 @@ def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05) -> dict:
             for run in runs:
                 for state, count in run["trials"].items():
                     trials[state] = trials.get(state, 0) + count
-            models[model.label] = {"model": model.model,
+            models[model.label] = {"model": model.model, "fixed": dict(model.fixed), "searched": sorted(model.space),
                                    "metrics": {m: mean_ci([r["test"][m] for r in runs]) for m in spec.metrics},
                                    "chosen": [r["params"] for r in runs], "trials": trials,
-                                   "fit_seconds": float(np.mean(fits)) if fits else None}
+                                   "fit_seconds": float(np.mean(fits)) if fits else None,
+                                   "epoch_seconds": mean_of(runs, "epoch_seconds"),
+                                   "tuning_seconds": mean_of(runs, "tuning_seconds"),
+                                   "peak_rss_bytes": max(r.get("peak_rss_bytes") or 0 for r in runs) or None}
             per_user[model.label] = np.concatenate([np.asarray(r["per_user"][primary]) for r in runs])
-        best = max(models, key=lambda label: models[label]["metrics"][primary]["mean"])
+        sign = -1.0 if primary in LOWER_IS_BETTER else 1.0  # RMSE and MAE: the smallest is the best
+        best = max(models, key=lambda label: sign * models[label]["metrics"][primary]["mean"])
         block = {"models": models, "best": best, "against_best": compare(per_user, best, alpha)}
         if spec.baseline is not None:
             block["baseline"] = spec.baseline
             block["against_baseline"] = compare(per_user, spec.baseline, alpha)
         out["datasets"][dataset.name] = block
     return out
+
+
+def mean_of(runs: list, key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _cell(stats: dict) -> str:
@@ -79,18 +94,51 @@ def markdown(summary: dict) -> str:
               "sd [95% t interval] over the seeds. \"vs best\" / \"vs baseline\": mean per-user difference in "
               f"{primary} and Wilcoxon's p, Holm-adjusted across models; * below {summary['alpha']:g}.\n"]
     for dataset, block in summary["datasets"].items():
-        headers = ["model", *metrics, "vs best", "vs baseline", "chosen (per seed)", "fit s", "trials"]
+        headers = ["model", *metrics, "vs best", "vs baseline", "chosen (per seed)", "fit s", "s/epoch", "tuning s",
+                   "peak MiB", "trials"]
         rows = []
         for label, model in block["models"].items():
             chosen = "; ".join(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in params.items()) or "–" for params in model["chosen"])
+                                         for k, v in params.items() if k in model.get("searched", params)) or "–"
+                               for params in model["chosen"])
             rows.append([label + (" (best)" if label == block["best"] else ""),
                          *(_cell(model["metrics"][m]) for m in metrics),
                          _versus(block, "against_best", label), _versus(block, "against_baseline", label), chosen,
-                         "–" if model["fit_seconds"] is None else f"{model['fit_seconds']:.2f}",
+                         _number(model["fit_seconds"], "{:.2f}"), _number(model.get("epoch_seconds"), "{:.3f}"),
+                         _number(model.get("tuning_seconds"), "{:.1f}"),
+                         _number(model.get("peak_rss_bytes") and model["peak_rss_bytes"] / 2**20, "{:.0f}"),
                          ", ".join(f"{k.lower()} {v}" for k, v in sorted(model["trials"].items()))])
+        fixed = "; ".join(f"{label}: " + ", ".join(f"{k}={v}" for k, v in model["fixed"].items())
+                          for label, model in block["models"].items() if model.get("fixed"))
         text.append(f"\n## {dataset}\n\n| " + " | ".join(headers) + " |\n|" + " --- |" * len(headers) + "\n"
-                    + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows))
+                    + "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
+                    + (f"\nFixed: {fixed}.\n" if fixed else ""))
+        plots = [name for name in summary.get("plots", []) if name.endswith(f"_{dataset}.png")]
+        text += [f"\n![{name}]({name})\n" for name in plots]
+    text.append(_provenance(summary))
+    return "".join(text)
+
+
+def _number(value, form: str) -> str:
+    return "–" if value is None else form.format(value)
+
+
+def _provenance(summary: dict) -> str:
+    """The splits' fingerprints and the environments that ran the cells, as markdown."""
+    text = ["\n## Provenance\n\nSplit fingerprints (SHA-256 of each split's parts, first 16 hex digits): "
+            + "; ".join(f"{dataset}: " + ", ".join(f"seed {seed} {(value or '–')[:16]}"
+                                                   for seed, value in seeds.items())
+                        for dataset, seeds in summary.get("splits", {}).items()) + ".\n"]
+    for environment in summary.get("environment", []):
+        workers = environment.get("workers", [])
+        text.append(f"\n- aerec {environment.get('aerec')} (git {(environment.get('git_commit') or 'unknown')[:12]}"
+                    f"{', with uncommitted changes' if environment.get('git_dirty_files') else ''}), Python "
+                    f"{environment.get('python')}, torch {environment.get('torch')}, numpy {environment.get('numpy')}, "
+                    f"scipy {environment.get('scipy')}, optuna {environment.get('optuna')}, implicit "
+                    f"{environment.get('implicit')}; {environment.get('machine')} ({environment.get('cpu_count')} "
+                    f"cores, {environment.get('torch_threads')} torch threads, CUDA "
+                    f"{'yes' if environment.get('cuda') else 'no'}) on {environment.get('platform')}; "
+                    f"{len(workers)} worker(s), first started {workers[0]['started'] if workers else '–'}\n")
     return "".join(text)
 
 
@@ -107,6 +155,17 @@ def json_safe(value):
     return value
 
 
+def summary_frame(summary: dict):
+    """One row per dataset, model and metric: mean, sd, 95% interval and seeds (a pandas DataFrame; report.csv)."""
+    import pandas as pd
+
+    rows = [{"dataset": dataset, "model": label, "metric": metric, **{key: stats[key] for key in
+                                                                         ("mean", "sd", "ci_low", "ci_high", "n")}}
+            for dataset, block in summary["datasets"].items() for label, model in block["models"].items()
+            for metric, stats in model["metrics"].items()]
+    return pd.DataFrame(rows, columns=["dataset", "model", "metric", "mean", "sd", "ci_low", "ci_high", "n"])
+
+
 def per_user_frame(cells: dict):
     """One row per (dataset, seed, model, test user): every reported metric's per-user value (a pandas DataFrame)."""
     import pandas as pd
@@ -121,23 +180,26 @@ def per_user_frame(cells: dict):
     return pd.concat(frames, ignore_index=True)
 
 
-def write_report(summary: dict, out_dir: str | Path, cells: dict | None = None) -> list[Path]:
+def write_report(summary: dict, out_dir: str | Path, cells: dict | None = None, plots: bool = True) -> list[Path]:
     """``report.json``, ``report.csv`` (one row per dataset, model and metric), ``report.md`` and, given the
-    ``cells``, ``per_user.parquet`` (every test user's values, for tests of one's own) under ``out_dir``."""
+    ``cells``, ``per_user.parquet`` (every test user's values, for tests of one's own) and the plots
+    (:mod:`aerec.benchmark.plots`, when matplotlib is installed) under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.csv", out / "report.md"]
     if cells is not None:
         paths.append(out / "per_user.parquet")
         per_user_frame(cells).to_parquet(paths[-1], index=False)
+        if plots:
+            try:
+                from aerec.benchmark.plots import write_plots
+
+                drawn = write_plots(summary, cells, out)
+            except ImportError:  # matplotlib is optional: pip install aerec[plots]
+                drawn = []
+            summary = {**summary, "plots": [path.name for path in drawn]}
+            paths += drawn
     paths[0].write_text(json.dumps(json_safe(summary), indent=2) + "\n")
-    with open(paths[1], "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["dataset", "model", "metric", "mean", "sd", "ci_low", "ci_high", "n"])
-        for dataset, block in summary["datasets"].items():
-            for label, model in block["models"].items():
-                for metric, stats in model["metrics"].items():
-                    writer.writerow([dataset, label, metric, stats["mean"], stats["sd"], stats["ci_low"],
-                                     stats["ci_high"], stats["n"]])
+    summary_frame(summary).to_csv(paths[1], index=False)
     paths[2].write_text(markdown(summary))
     return paths

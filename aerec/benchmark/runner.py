@@ -1,20 +1,19 @@
 """Run a benchmark spec: one Optuna study per cell (dataset, split seed, model), kept in one SQLite file.
 
-Each cell tunes its model on the validation users with the spec's sampler and the
-same budget for every model (``trials`` and/or ``seconds``), pruning hopeless
-trials from the per-epoch validation curve (models trained by epochs, when the
-tuning metric is the loop's NDCG@100); the best trial's model is scored once on
-the test users. The store is Optuna's RDB storage plus two tables of ours in the
-same SQLite file: the spec it was made for, and the finished cells (their test
-metrics and per-user values). Run again with the same command after a kill, a
-run recomputes nothing that finished: finished cells are read back, a cell's
-completed trials stay in its study and only the missing ones run (a trial cut
-off half-way is redone). Several workers (processes, or machines sharing the file) may run
-one spec on one store at once: each claims a cell before running it, so no cell is run
-twice; a claim left by a killed worker of the same machine is taken over.
-
-So far the runner runs the strong-generalization protocol; the others are
-refused by name before any training.
+Each cell tunes its model on the validation part of its protocol's split
+(:mod:`aerec.benchmark.protocols`: strong, per_user, temporal, ratings) with the spec's
+sampler and the same budget for every model (``trials`` and/or ``seconds``), pruning
+hopeless trials from the per-epoch validation curve (models trained by epochs, when the
+tuning metric is the loop's own: NDCG@100, or RMSE for rating models); the best trial's
+model is scored once on the test part. The store is Optuna's RDB storage plus tables of
+ours in the same SQLite file: the spec it was made for, the finished cells (their test
+metrics and per-user values), the workers' claims and environments. Run again with the
+same command after a kill, a run recomputes nothing that finished: finished cells are
+read back, a cell's completed trials stay in its study and only the missing ones run (a
+trial cut off half-way is redone, with the parameters an uninterrupted run would draw).
+Several workers (processes, or machines sharing the file) may run one spec on one store
+at once: each claims a cell before running it, so no cell is run twice; a claim left by
+a killed worker of the same machine is taken over.
 """
 
 from __future__ import annotations
@@ -32,16 +31,25 @@ from pathlib import Path
 import numpy as np
 
 from aerec.benchmark.environment import environment
+from aerec.benchmark.protocols import (
+    LOWER_IS_BETTER,
+    make_cell_data,
+    test_scores,
+    validation_value,
+)
 from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec
-from aerec.data import binarize, filter_min_counts, load_movielens, read_csv, read_parquet, strong_generalization
-from aerec.data.datasets import STRONG_N_HELDOUT
-from aerec.evaluation import evaluate_ranking
+from aerec.data import (
+    binarize,
+    filter_min_counts,
+    load_movielens,
+    read_csv,
+    read_parquet,
+)
 from aerec.models import make_model
 from aerec.search_space import Choice
 
 __all__ = ["read_environments", "read_store", "run_benchmark", "spec_fingerprint"]
 
-RUNNABLE_PROTOCOLS = ("strong",)
 
 
 def spec_fingerprint(spec: BenchmarkSpec) -> str:
@@ -72,9 +80,6 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
 
     table, original = spec_table(spec), spec
     spec = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
-    if spec.protocol.name not in RUNNABLE_PROTOCOLS:
-        raise SpecError(f"{spec.source} [protocol]: the runner does not run protocol {spec.protocol.name!r} yet; "
-                        f"it runs {list(RUNNABLE_PROTOCOLS)}")
     for model in spec.models:
         if spec.tuning.sampler == "grid" and not all(isinstance(e, Choice) for e in model.space.values()):
             raise SpecError(f"{spec.source} [models.{model.label}]: the grid sampler needs choices for every "
@@ -97,56 +102,59 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     worker = f"{socket.gethostname()}:{os.getpid()}"
     with connection:
         connection.execute("INSERT INTO aerec_runs VALUES (?, ?, ?)", (worker, time.time(), json.dumps(environment())))
+    tasks = []  # (key, dataset, model, seed, split, made_for) in the order of the spec
+    for dataset in spec.datasets:
+        data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
+        for seed in spec.seeds:
+            split = functools.cache(lambda dataset=dataset, data=data, seed=seed:
+                                    make_cell_data(spec, dataset, data(), seed))
+            tasks += [((dataset.name, int(seed), model.label), model, seed, split,
+                       cell_fingerprint(spec, dataset, model)) for model in spec.models]
+
+    def attempt(key, model, seed, split, made_for):
+        """The cell's record: read back, or run here once claimed; None while another worker runs it."""
+        done = current(read_cell(connection, key), made_for)
+        if done is not None or not claim(connection, key, worker):
+            return done
+        done = current(read_cell(connection, key), made_for)  # another worker's, since the first look
+        if done is not None:
+            release(connection, key)
+            return done
+        forget_cell(connection, storage, key, log)  # a cell of the spec before an allowed change
+        done = {**run_cell(spec, model, split(), seed, storage, key, log), "cell": made_for}
+        write_cell(connection, key, done)
+        return done
+
     try:
-        for dataset in spec.datasets:
-            data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
-            for seed in spec.seeds:
-                split = functools.cache(lambda dataset=dataset, data=data, seed=seed:
-                                        make_split(spec, dataset, data(), seed))
-                for model in spec.models:
-                    key = (dataset.name, int(seed), model.label)
-                    made_for = cell_fingerprint(spec, dataset, model)
-                    done = current(read_cell(connection, key), made_for)
-                    if done is not None:
-                        log(f"{key}: finished before, read back")
-                    elif claim(connection, key, worker):
-                        done = current(read_cell(connection, key), made_for)  # another worker's, since the first look
-                        if done is None:
-                            forget_cell(connection, storage, key, log)  # a cell of the spec before an allowed change
-                            done = {**run_cell(spec, model, split(), seed, storage, key, log), "cell": made_for}
-                            write_cell(connection, key, done)
-                        else:
-                            release(connection, key)
-                    else:
-                        log(f"{key}: being run by another worker")
-                        elsewhere.append(key)
-                        continue
-                    cells[key] = done
-                    progress(key)
-        for key in elsewhere:  # wait for the other workers' cells
-            made_for = cell_fingerprint(spec, next(d for d in spec.datasets if d.name == key[0]),
-                                        next(m for m in spec.models if m.label == key[2]))
-            while (done := current(read_cell(connection, key), made_for)) is None:
-                if claim(connection, key, worker):  # free again: finished just now, or its worker was killed
-                    done = current(read_cell(connection, key), made_for)
-                    release(connection, key)
-                    if done is None:
-                        raise RuntimeError(f"{key}: its worker stopped before finishing it; run the spec again")
-                    break
+        for task in tasks:
+            if current(read_cell(connection, task[0]), task[-1]) is not None:
+                log(f"{task[0]}: finished before, read back")
+            cells[task[0]] = attempt(*task)
+            if cells[task[0]] is None:
+                log(f"{task[0]}: being run by another worker")
+                elsewhere.append(task)
+            else:
+                progress(task[0])
+        for task in elsewhere:  # wait for the other workers' cells; run one here if its worker stopped
+            while (done := attempt(*task)) is None:
                 time.sleep(0.5)
-            cells[key] = done
-            progress(key)
+            cells[task[0]] = done
+            progress(task[0])
     finally:
         connection.close()
     return cells
 
 
 def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, log, progress, spec_changed) -> dict:
-    """Run a spec in ``jobs`` worker processes sharing ``store``; relay their messages; return the cells."""
+    """Run a spec in ``jobs`` workers sharing ``store``: this process and ``jobs - 1`` started ones, each with its
+    share of the CPU threads; the started workers' messages and progress are relayed here; return the cells."""
     import multiprocessing
     import queue
+    import threading
 
     import optuna
+    import torch
+    from threadpoolctl import threadpool_limits
 
     with open(f"{store}.lock", "w") as lock:  # refuse (or allow) a changed spec once, before any worker starts
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -156,7 +164,7 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, lo
     messages = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
     workers = [context.Process(target=worker_main, args=(original, str(store), threads, messages), daemon=True)
-               for _ in range(jobs)]
+               for _ in range(jobs - 1)]
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})  # the workers' BLAS threads, at start
     try:
@@ -168,35 +176,41 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, lo
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    reported = set()
-    while any(worker.is_alive() for worker in workers) or not messages.empty():
-        try:
-            kind, value = messages.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        if kind == "log":
-            log(value)
-        elif tuple(value) not in reported:
-            reported.add(tuple(value))
-            progress(tuple(value))
-    for worker in workers:
-        worker.join()
-    failed = [f"worker {i + 1} exited with {worker.exitcode}" for i, worker in enumerate(workers) if worker.exitcode]
-    if failed:
-        raise RuntimeError(f"{'; '.join(failed)} (see its messages above); finished cells are kept in {store}: "
-                           "run the spec again to go on")
-    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    reported, lock = set(), threading.Lock()
+
+    def report(key) -> None:
+        with lock:
+            if key not in reported:
+                reported.add(key)
+                progress(key)
+
+    def relay() -> None:
+        while any(worker.is_alive() for worker in workers) or not messages.empty():
+            try:
+                kind, value = messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if kind == "log":
+                log(value)
+            else:
+                report(tuple(value))
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        cells = finished_cells(connection, spec)
+        with threadpool_limits(threads):
+            cells = run_benchmark(original, store, log=log, progress=report)
     finally:
-        connection.close()
-    for key in expected_keys(spec):
-        if key not in reported:
-            progress(key)
-    missing = [key for key in expected_keys(spec) if key not in cells]
-    if missing:
-        raise RuntimeError(f"{len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
-    return {key: cells[key] for key in expected_keys(spec)}
+        torch.set_num_threads(torch_threads)
+        for worker in workers:
+            worker.join()
+        relaying.join()
+    failed = [f"worker {i + 2} exited with {worker.exitcode}" for i, worker in enumerate(workers) if worker.exitcode]
+    if failed:
+        log(f"{'; '.join(failed)}; its cells were run here")
+    return cells
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -417,47 +431,73 @@ def load_data(dataset):
     return data
 
 
-def make_split(spec: BenchmarkSpec, dataset, data, seed: int):
-    params = dict(spec.protocol.params)
-    n_heldout = params.pop("n_heldout") or STRONG_N_HELDOUT.get(dataset.name)
-    if n_heldout is None:
-        raise SpecError(f"{spec.source} [protocol]: n_heldout is needed for the dataset {dataset.name!r}")
-    return strong_generalization(data, int(n_heldout), seed=int(seed), **params)
-
-
 # -- one cell -------------------------------------------------------------------------------------
 def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, log) -> dict:
-    """Tune one model on one split's validation users, then score the best trial's model on its test users.
+    """Tune one model on one split's validation part (:func:`tune`), then score the chosen model on its test part.
 
-    Trials run one at a time, each with a sampler seeded from (split seed, trials finished so far): with
-    the study's history it decides the trial's parameters alone, so a cell resumed after a kill draws
-    exactly what an uninterrupted run draws. A trial a killed run left RUNNING is marked FAIL with the
-    user attribute ``interrupted`` (it did not finish; it counts neither in the budget nor for the samplers)
-    and is redone.
+    A trial a killed run left RUNNING is marked FAIL with the user attribute ``interrupted`` (it did not
+    finish; it counts neither in the budget nor for the samplers) and is redone.
     """
     import optuna
 
-    name, _, k = spec.tuning.metric.partition("@")
-    validation = (split.validation_fold_in, split.validation_heldout)
-    study = optuna.create_study(study_name="/".join(map(str, key)), storage=storage, direction="maximize",
-                                sampler=cell_sampler(spec, model_spec, seed, 0),
+    study = optuna.create_study(study_name="/".join(map(str, key)), storage=storage, sampler=None,
+                                direction="minimize" if spec.tuning.metric in LOWER_IS_BETTER else "maximize",
                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=5), load_if_exists=True)
     redone = mark_interrupted(study)
     if redone:
         log(f"{key}: {redone} trial(s) cut off by a stopped run, redone")
-    budget = cell_budget(spec, model_spec)
+    best, model, final_seconds = tune(study, spec.tuning, model_spec, split, seed, str(key))
+    start = time.perf_counter()
+    test, per_user, users = test_scores(model, split, spec.metrics)
+    final_seconds += time.perf_counter() - start
+    counted = counted_trials(study)
+    states = [t.state.name for t in counted]
+    epoch_seconds = [s for s in best.user_attrs.get("epoch_seconds", []) if s is not None]
+    record = {"params": {**model_spec.fixed, **best.params}, "validation": best.value,
+              "test": test, "per_user": {m: values.tolist() for m, values in per_user.items()},
+              "users": users.tolist(),
+              "trials": {state: states.count(state) for state in sorted(set(states))},
+              "interrupted": sum(1 for t in study.trials if t.user_attrs.get("interrupted")),
+              "best_trial": [t.number for t in counted].index(best.number),  # kills left out
+              "split": split_fingerprint(split.split),
+              "validation_curve": best.user_attrs.get("validation_curve", []),
+              "tuning_history": [t.value if t.state == optuna.trial.TrialState.COMPLETE else None for t in counted],
+              "fit_seconds": best.user_attrs.get("fit_seconds"),
+              "epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+              "tuning_seconds": sum(t.user_attrs.get("fit_seconds", 0.0) + t.user_attrs.get("score_seconds", 0.0)
+                                    for t in counted),  # fits and validation scoring
+              "final_seconds": final_seconds,  # the test scoring (and a refit after a restart)
+              "peak_rss_bytes": max((t.user_attrs.get("peak_rss_bytes") or 0 for t in counted), default=0) or None}
+    log(f"{key}: {record['trials']} trials, chosen {best.params}, validation {best.value:.4f}, test "
+        + ", ".join(f"{m} {record['test'][m]:.4f}" for m in spec.metrics))
+    return record
+
+
+def tune(study, tuning, model_spec, cell, seed: int, name: str):
+    """Run ``study``'s missing trials of ``model_spec`` on ``cell``'s validation part; return (best trial, its
+    fitted model, seconds spent refitting it).
+
+    Trials run one at a time, each with a sampler seeded from (``seed``, trials finished so far): with the
+    study's history it decides the trial's parameters alone, so a study resumed after a kill draws exactly
+    what an uninterrupted one draws. The best trial's model is the one fitted in its trial, or, when that
+    trial ran before a restart, fitted again with its parameters.
+    """
+    import optuna
+
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    budget = cell_budget(tuning, model_spec)
     kept = {}
 
     def objective(trial):
         params = {param: entry.suggest(trial, param) for param, entry in model_spec.space.items()}
         model = build_model(model_spec, params, seed)
         callbacks = ()
-        if spec.tuning.pruning and spec.tuning.metric == "ndcg@100" and hasattr(model, "batch_loss"):
+        if tuning.pruning and tuning.metric in ("ndcg@100", "rmse") and hasattr(model, "batch_loss"):
             callbacks = (pruning_callback(trial),)
         reset_peak_memory()
         start = time.perf_counter()
         try:
-            model.fit(split.train, validation=validation, callbacks=callbacks)
+            model.fit(cell.train, validation=cell.validation, callbacks=callbacks)
         finally:
             trial.set_user_attr("fit_seconds", time.perf_counter() - start)
             trial.set_user_attr("peak_rss_bytes", peak_memory())
@@ -465,78 +505,50 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
         trial.set_user_attr("validation_curve", [record.get("validation") for record in epochs])
         trial.set_user_attr("epoch_seconds", [record.get("seconds") for record in epochs])
         start = time.perf_counter()
-        value = evaluate_ranking(model, *(part.matrix for part in validation), ks=(int(k),),
-                                 metrics=(name,)).metrics[spec.tuning.metric]
+        value = validation_value(model, cell, tuning.metric)
         trial.set_user_attr("score_seconds", time.perf_counter() - start)
-        if not kept or value > kept["value"]:
+        if not kept or (value < kept["value"] if minimize else value > kept["value"]):
             kept.update(value=value, number=trial.number, model=model)
         return value
 
     while True:
         counted = counted_trials(study)
         spent = sum(t.user_attrs.get("fit_seconds", 0.0) for t in counted)
-        if (budget is not None and len(counted) >= budget) or (spec.tuning.seconds is not None
-                                                               and spent >= spec.tuning.seconds):
+        if (budget is not None and len(counted) >= budget) or (tuning.seconds is not None
+                                                               and spent >= tuning.seconds):
             break
-        study.sampler = cell_sampler(spec, model_spec, seed, len(counted))
+        study.sampler = cell_sampler(tuning, model_spec, seed, len(counted))
         study.optimize(objective, n_trials=1, catch=(Exception,))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         failures = [t.system_attrs.get("fail_reason", "") for t in study.trials]
-        raise RuntimeError(f"{key}: no trial finished; failures: {failures[-3:]}")
+        raise RuntimeError(f"{name}: no trial finished; failures: {failures[-3:]}")
     best = study.best_trial
     model = kept["model"] if kept.get("number") == best.number else None
     start = time.perf_counter()
     if model is None:  # the best trial ran before a restart: fit its parameters again
         model = build_model(model_spec, dict(best.params), seed)
-        model.fit(split.train, validation=validation)
-    ks = sorted({int(m.partition("@")[2]) for m in spec.metrics})
-    names = sorted({m.partition("@")[0] for m in spec.metrics})
-    test = evaluate_ranking(model, split.test_fold_in.matrix, split.test_heldout.matrix, ks=ks, metrics=names)
-    final_seconds = time.perf_counter() - start
-    states = [t.state.name for t in counted_trials(study)]
-    epoch_seconds = [s for s in best.user_attrs.get("epoch_seconds", []) if s is not None]
-    record = {"params": {**model_spec.fixed, **best.params}, "validation": best.value,
-              "test": {m: test.metrics[m] for m in spec.metrics},
-              "per_user": {m: np.asarray(test.per_user[m]).tolist() for m in spec.metrics},
-              "users": np.asarray(test.users).tolist(),
-              "trials": {state: states.count(state) for state in sorted(set(states))},
-              "interrupted": sum(1 for t in study.trials if t.user_attrs.get("interrupted")),
-              "best_trial": [t.number for t in counted_trials(study)].index(best.number),  # kills left out
-              "split": split_fingerprint(split),
-              "validation_curve": best.user_attrs.get("validation_curve", []),
-              "tuning_history": [t.value if t.state == optuna.trial.TrialState.COMPLETE else None
-                                 for t in counted_trials(study)],
-              "fit_seconds": best.user_attrs.get("fit_seconds"),
-              "epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-              "tuning_seconds": sum(t.user_attrs.get("fit_seconds", 0.0) + t.user_attrs.get("score_seconds", 0.0)
-                                    for t in counted_trials(study)),  # fits and validation scoring
-              "final_seconds": final_seconds,  # the test scoring (and a refit after a restart)
-              "peak_rss_bytes": max((t.user_attrs.get("peak_rss_bytes") or 0 for t in counted_trials(study)),
-                                    default=0) or None}
-    log(f"{key}: {record['trials']} trials, chosen {best.params}, validation {best.value:.4f}, test "
-        + ", ".join(f"{m} {record['test'][m]:.4f}" for m in spec.metrics))
-    return record
+        model.fit(cell.train, validation=cell.validation)
+    return best, model, time.perf_counter() - start
 
 
-def cell_budget(spec: BenchmarkSpec, model_spec) -> int | None:
+def cell_budget(tuning, model_spec) -> int | None:
     """Trials per cell: the spec's, one for a model with nothing to tune, at most the grid's size."""
     if not model_spec.space:
         return 1
-    if spec.tuning.sampler == "grid":
+    if tuning.sampler == "grid":
         size = int(np.prod([len(entry.values) for entry in model_spec.space.values()]))
-        return size if spec.tuning.trials is None else min(spec.tuning.trials, size)
-    return spec.tuning.trials
+        return size if tuning.trials is None else min(tuning.trials, size)
+    return tuning.trials
 
 
-def cell_sampler(spec: BenchmarkSpec, model_spec, seed: int, n_finished: int):
+def cell_sampler(tuning, model_spec, seed: int, n_finished: int):
     """The sampler of a cell's next trial, seeded from the split seed and the number of trials finished."""
     import optuna
 
     trial_seed = int(np.random.SeedSequence([int(seed), n_finished]).generate_state(1)[0])
-    if spec.tuning.sampler == "grid":
+    if tuning.sampler == "grid":
         return optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=trial_seed)
-    if spec.tuning.sampler == "random":
+    if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=trial_seed)
     return optuna.samplers.TPESampler(seed=trial_seed)
 
@@ -611,7 +623,8 @@ def build_model(model_spec, params: dict, seed: int):
 
 
 def pruning_callback(trial):
-    """Report each epoch's validation NDCG@100 to the trial; stop the fit when the pruner says so."""
+    """Report each epoch's validation value (the loop's: NDCG@100, or RMSE for a rating model) to the trial; stop
+    the fit when the pruner says so."""
     import optuna
 
     def callback(record, history) -> bool:

@@ -38,10 +38,6 @@ def register(commands) -> None:
     status_parser.set_defaults(run=status)
 
 
-def default_out(store: Path) -> Path:
-    return store.with_name(store.stem + "_report")
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -55,7 +51,9 @@ def positive_int(text: str) -> int:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from aerec.benchmark.runner import expected_keys, run_benchmark
+    from aerec.benchmark import benchmark
+    from aerec.benchmark.report import json_safe, markdown
+    from aerec.benchmark.runner import expected_keys
     from aerec.benchmark.spec import load_spec
 
     spec_path = Path(args.spec)
@@ -66,14 +64,17 @@ def run(args) -> int:
             if not args.quiet:
                 bar.write(message, file=sys.stderr)
 
-        run_benchmark(spec_path, store, log=log, progress=lambda key: bar.update(1), spec_changed=args.spec_changed,
-                      jobs=args.jobs)
-    return report(argparse.Namespace(store=str(store), out=args.out, json=args.json))
+        summary = benchmark(spec_path, store, out=args.out, jobs=args.jobs, spec_changed=args.spec_changed, log=log,
+                            progress=lambda key: bar.update(1))
+    print(f"wrote {', '.join(summary.pop('paths'))}", file=sys.stderr)
+    print(json.dumps(json_safe(summary)) if args.json else markdown(summary))
+    return 0
 
 
 def report(args) -> int:
+    from aerec.benchmark import default_report_dir
     from aerec.benchmark.report import json_safe, markdown, summarize, write_report
-    from aerec.benchmark.runner import expected_keys, read_store
+    from aerec.benchmark.runner import expected_keys, read_environments, read_store
     from aerec.benchmark.spec import SpecError
 
     store = Path(args.store)
@@ -81,8 +82,8 @@ def report(args) -> int:
     missing = [key for key in expected_keys(spec) if key not in cells]
     if missing:
         raise SpecError(f"{store}: {len(missing)} cell(s) not finished (first: {missing[0]}); run the spec again")
-    summary = summarize(spec, cells)
-    paths = write_report(summary, Path(args.out) if args.out else default_out(store), cells)
+    summary = summarize(spec, cells, environments=read_environments(store))
+    paths = write_report(summary, Path(args.out) if args.out else default_report_dir(store), cells)
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     print(json.dumps(json_safe(summary)) if args.json else markdown(summary))
     return 0

@@ -190,3 +190,45 @@ def atomic_output(path: Path):
 def format_metrics(title: str, metrics: dict) -> list[str]:
     width = max(len(name) for name in metrics)
     return [title] + [f"  {name:<{width}}  {value:.4f}" for name, value in metrics.items()]
+
+
+# -- tuning ---------------------------------------------------------------------------------------
+def add_tune_argument(parser) -> None:
+    parser.add_argument("--tune", type=int, default=None, metavar="N",
+                        help="tune the model first: N trials of Optuna's TPE (seeded with --seed) over the model's "
+                             "default search space (`aerec models NAME`; parameters given with --param stay fixed), "
+                             "chosen on the validation part (NDCG@100, or RMSE for the ratings protocol), as "
+                             "`aerec benchmark` does; the best trial's model is the one kept")
+
+
+def tune_on_validation(name: str, params: dict, split: Split, trials: int):
+    """``--tune N``: the best of N trials on the split's validation part; returns (its fitted model, a record)."""
+    import optuna
+
+    from aerec.benchmark.protocols import LOWER_IS_BETTER, CellData
+    from aerec.benchmark.runner import counted_trials, tune
+    from aerec.benchmark.spec import ModelSpec, TuningSpec
+    from aerec.models import MODELS
+
+    check_positive_int("--tune", trials)
+    if split.validation is None:
+        raise CliError(f"--tune needs a validation part and the {split.protocol!r} protocol has none; "
+                       "use --protocol strong or ratings")
+    space = {param: entry for param, entry in MODELS[name].default_search_space().items() if param not in params}
+    if not space:
+        raise CliError(f"--tune: {name!r} has nothing left to tune (no default search space, or every searched "
+                       "parameter is given with --param)")
+    fixed = {**params, "progress": False} if "progress" in MODELS[name].param_names() else dict(params)
+    metric = "rmse" if split.protocol == "ratings" else "ndcg@100"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
+                                pruner=optuna.pruners.MedianPruner(n_warmup_steps=5))
+    cell = CellData(split=None, train=split.train, validation=split.validation, test=split.test)
+    best, model, _ = tune(study, TuningSpec(trials=trials, metric=metric), ModelSpec(name, name, fixed, space), cell,
+                          split.seed, f"--tune {name}")
+    trials_run = counted_trials(study)
+    progress(f"tuned {name}: {len(trials_run)} trials, best {metric} {best.value:.4f} on the validation part with "
+             f"{best.params}")
+    record = {"trials": len(trials_run), "metric": metric, "best_validation": best.value, "chosen": best.params,
+              "space": sorted(space), "history": [t.value for t in trials_run]}
+    return model, record

@@ -13,12 +13,14 @@ from aerec.cli.common import (
     CliError,
     Split,
     add_dataset_arguments,
+    add_tune_argument,
     check_device_param,
     format_metrics,
     load_dataset,
     make_split,
     parse_params,
     progress,
+    tune_on_validation,
 )
 from aerec.evaluation import evaluate_ranking, mae, rmse
 from aerec.models import MODELS, make_model
@@ -39,6 +41,7 @@ def register(commands) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="with a model name: a hyper-parameter, repeatable (e.g. --param l2=500); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser, defaults_from_model=True)
+    add_tune_argument(parser)
     parser.add_argument("--k", type=int, nargs="+", default=[20, 50, 100], help="cut-offs (default 20 50 100)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.set_defaults(run=run)
@@ -49,6 +52,9 @@ def run(args) -> int:
     if bad_k:
         raise CliError(f"--k {bad_k[0]}; expected cut-offs >= 1")
     if Path(args.model).is_dir():
+        if args.tune is not None:
+            raise CliError("--tune applies to a model name; a saved model keeps the hyper-parameters it was "
+                           "trained with")
         model, recorded, params = load_saved(args)
         name = recorded.get("model_name", args.model)
     else:
@@ -70,7 +76,12 @@ def run(args) -> int:
     split = make_split(data, settings["protocol"], settings["seed"], settings["n_heldout"], settings["dataset"])
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
     report = {"split": split.summary}
-    if not Path(args.model).is_dir():
+    if not Path(args.model).is_dir() and args.tune is not None:
+        started = time.perf_counter()
+        model, report["tuning"] = tune_on_validation(name, params, split, args.tune)
+        report["tuning_seconds"] = time.perf_counter() - started
+        params = model.get_params()
+    elif not Path(args.model).is_dir():
         started = time.perf_counter()
         model.fit(split.train, validation=split.validation)  # models with epochs keep their best validation epoch
         report["fit_seconds"] = time.perf_counter() - started

@@ -17,12 +17,14 @@ from aerec._version import __version__
 from aerec.cli.common import (
     CliError,
     add_dataset_arguments,
+    add_tune_argument,
     check_device_param,
     check_positive_int,
     load_dataset,
     make_split,
     parse_params,
     progress,
+    tune_on_validation,
 )
 from aerec.models import MODELS, make_model
 
@@ -42,6 +44,7 @@ def register(commands) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a model hyper-parameter, repeatable (e.g. --param epochs=100 --param patience=20); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser)
+    add_tune_argument(parser)
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run whose checkpoint is in OUT/checkpoint")
@@ -60,6 +63,11 @@ def run(args) -> int:
     params = parse_params(args.param)
     model = make_model(args.model, **with_progress_bar(args.model, params))  # bad names fail before any data is read
     check_device_param(params)
+    if args.tune is not None:
+        check_positive_int("--tune", args.tune)
+        if args.resume:
+            raise CliError("--tune with --resume: tuning is not resumable from a checkpoint; run --tune again "
+                           "(or resume a run without --tune)")
     out = Path(args.out)
     if check_out(out, args.resume, args.overwrite) == "finished":
         import aerec.model_files as model_files
@@ -80,7 +88,13 @@ def run(args) -> int:
 
     checkpoint = Checkpointing(out / CHECKPOINT_FOLDER, every=args.checkpoint_every, resume=args.resume)
     started = time.perf_counter()
-    model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
+    tuning = None
+    if args.tune is not None:
+        if distributed:
+            raise CliError("--tune runs in one process; start it without torchrun")
+        model, tuning = tune_on_validation(args.model, params, split, args.tune)  # the best trial's fitted model
+    else:
+        model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     if distributed:
         import torch.distributed as dist
@@ -94,6 +108,7 @@ def run(args) -> int:
 
     metadata = {"dataset": str(args.dataset), "protocol": split.protocol, "seed": split.seed,
                 "n_heldout": split.n_heldout, "split": split.summary, "fit_seconds": seconds, "processes": world,
+                **({"tuning": tuning} if tuning is not None else {}),
                 "command": ["aerec", *sys.argv[1:]] if Path(sys.argv[0]).name in ("aerec", "__main__.py") else None}
     model_files.save(model, out, metadata=metadata)
     shutil.rmtree(out / CHECKPOINT_FOLDER, ignore_errors=True)  # the saved model supersedes it
@@ -140,6 +155,8 @@ def report_saved(out: Path, as_json: bool) -> int:
     report = {"out": str(out), "model": config["model"], "dataset": metadata.get("dataset"),
               "protocol": metadata.get("protocol"), "seed": metadata.get("seed"), "training": training,
               "aerec_version": __version__}
+    if isinstance(metadata.get("tuning"), dict):
+        report["tuning"] = metadata["tuning"]
     if as_json:
         print(json.dumps(report))
         return 0
@@ -149,6 +166,10 @@ def report_saved(out: Path, as_json: bool) -> int:
         best = training.get("best_epoch")
         lines.append(f"  epochs run: {training['epochs_run']}" + (f", best validation {training['best_validation']:.4f} "
                                                                     f"at epoch {best}" if best else ""))
+    if "tuning" in report:
+        tuning = report["tuning"]
+        lines.append(f"  tuned: {tuning['trials']} trials, best validation {tuning['metric']} "
+                     f"{tuning['best_validation']:.4f} with {tuning['chosen']}")
     lines.append(f"  evaluate it: aerec evaluate --model {out}")
     print("\n".join(lines))
     return 0
