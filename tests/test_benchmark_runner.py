@@ -287,3 +287,19 @@ def test_the_report_of_models_trained_by_epochs_draws_their_validation_curves(fi
     assert all(len(cells[("ml-100k", seed, "dae")]["validation_curve"]) == 3 for seed in (98765, 1))
     row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| dae"))
     assert "lr=" in row and "epochs=" not in row  # the chosen column lists what was searched; fixed ones below
+
+
+def test_a_store_given_by_database_url_runs_shares_and_reports_like_a_file(tmp_path, data_dir):
+    """The multi-machine form: a database URL (here SQLite's, the same code path as a PostgreSQL server's)."""
+    from aerec.benchmark.runner import read_store
+    from aerec.benchmark.store import Store
+
+    spec = {**SPEC, "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}}}, "tuning": {"trials": 2}}
+    url = f"sqlite:///{tmp_path / 'server.sqlite'}"
+    with pytest.raises(SpecError, match="no benchmark store at sqlite:///"):
+        read_store(url)
+    cells = run_benchmark(spec, url, jobs=2)  # this process and one started worker, both on the URL
+    assert set(cells) == {("ml-100k", seed, label) for seed in (98765, 1) for label in ("popularity", "ease")}
+    spec_back, cells_back = read_store(url)
+    assert cells_back == cells and spec_back.name == "tiny"
+    assert Store(url).claims() == [] and set(trial_counts(tmp_path / "server.sqlite").values()) == {1, 2}

@@ -115,3 +115,14 @@ def test_jobs_below_one_is_refused(spec, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["benchmark", "run", str(spec), "--jobs", "0"])
     assert exit_info.value.code == 2 and "argument --jobs: '0'; expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_status_and_report_take_a_database_url(spec, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert main(["benchmark", "run", str(spec), "--store", url, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["benchmark", "status", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 4
+    assert main(["benchmark", "report", url]) == 0
+    assert (tmp_path / "db_report" / "report.md").is_file()  # <database>_report in the working folder

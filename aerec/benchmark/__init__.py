@@ -18,9 +18,10 @@ def benchmark(spec, store=None, out=None, jobs: int = 1, spec_changed: str = "re
     """Run (or resume) a spec and write its report: ``aerec benchmark run`` from Python, for notebooks.
 
     ``spec`` is a TOML file's path or a dict of the same structure; ``store`` the SQLite file that keeps
-    the results (default: the spec's path with ``.sqlite``; needed for a dict); ``out`` the report's
-    folder (default: ``<store>_report``). Returns the summary (:func:`aerec.benchmark.report.summarize`)
-    with ``"paths"``, the files written. Run it again after an interruption: nothing finished is recomputed.
+    the results (default: the spec's path with ``.sqlite``; needed for a dict) or a database URL
+    (:mod:`aerec.benchmark.store`); ``out`` the report's folder (default: ``<store>_report``). Returns
+    the summary (:func:`aerec.benchmark.report.summarize`) with ``"paths"``, the files written. Run it
+    again after an interruption: nothing finished is recomputed.
     """
     from aerec.benchmark.report import summarize, write_report
     from aerec.benchmark.runner import read_environments, run_benchmark
@@ -30,7 +31,6 @@ def benchmark(spec, store=None, out=None, jobs: int = 1, spec_changed: str = "re
             raise ValueError("store=None with a spec that is not a file; expected the path of a store to keep "
                              "the results in (a .sqlite file)")
         store = Path(spec).with_suffix(".sqlite")
-    store = Path(store)
     cells = run_benchmark(spec, store, log=log, progress=progress, spec_changed=spec_changed, jobs=jobs)
     parsed = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
     summary = summarize(parsed, cells, environments=read_environments(store))
@@ -39,6 +39,9 @@ def benchmark(spec, store=None, out=None, jobs: int = 1, spec_changed: str = "re
 
 
 def default_report_dir(store) -> Path:
-    """``<store>_report`` beside the store."""
+    """``<store>_report`` beside a store file; ``<database>_report`` in the working folder for a database URL."""
+    if "://" in str(store):
+        name = Path(str(store).rstrip("/").rsplit("/", 1)[-1].split("?")[0]).stem or "benchmark"
+        return Path(f"{name}_report")
     store = Path(store)
     return store.with_name(store.stem + "_report")

@@ -19,12 +19,10 @@ a killed worker of the same machine is taken over.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import json
 import os
 import socket
-import sqlite3
 import time
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from aerec.benchmark.protocols import (
     validation_value,
 )
 from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec
+from aerec.benchmark.store import Store
 from aerec.data import (
     binarize,
     filter_min_counts,
@@ -90,18 +89,16 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
         raise ValueError(f"jobs={jobs!r}; expected an integer >= 1")
     log = log or (lambda message: None)
     progress = progress or (lambda key: None)
-    store = Path(store)
+    store = Store(store)
     if jobs > 1:
         return run_workers(original, spec, table, store, jobs, log, progress, spec_changed)
-    with open(f"{store}.lock", "w") as lock:  # one worker at a time sets the store up (Optuna's schema too)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        connection = open_store(store, spec, table, spec_changed, log)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{store}", engine_kwargs={"connect_args": {"timeout": 60}})
+    with store.setup_lock():  # one worker at a time sets the store up (Optuna's schema too)
+        open_store(store, spec, table, spec_changed, log)
+        storage = store.optuna_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cells, elsewhere = {}, []
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    with connection:
-        connection.execute("INSERT INTO aerec_runs VALUES (?, ?, ?)", (worker, time.time(), json.dumps(environment())))
+    store.add_run(worker, environment())
     tasks = []  # (key, dataset, model, seed, split, made_for) in the order of the spec
     for dataset in spec.datasets:
         data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
@@ -113,21 +110,21 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
 
     def attempt(key, model, seed, split, made_for):
         """The cell's record: read back, or run here once claimed; None while another worker runs it."""
-        done = current(read_cell(connection, key), made_for)
-        if done is not None or not claim(connection, key, worker):
+        done = current(store.read_cell(key), made_for)
+        if done is not None or not store.claim(key, worker):
             return done
-        done = current(read_cell(connection, key), made_for)  # another worker's, since the first look
+        done = current(store.read_cell(key), made_for)  # another worker's, since the first look
         if done is not None:
-            release(connection, key)
+            store.release(key)
             return done
-        forget_cell(connection, storage, key, log)  # a cell of the spec before an allowed change
+        forget_cell(store, storage, key, log)  # a cell of the spec before an allowed change
         done = {**run_cell(spec, model, split(), seed, storage, key, log), "cell": made_for}
-        write_cell(connection, key, done)
+        store.write_cell(key, done)
         return done
 
     try:
         for task in tasks:
-            if current(read_cell(connection, task[0]), task[-1]) is not None:
+            if current(store.read_cell(task[0]), task[-1]) is not None:
                 log(f"{task[0]}: finished before, read back")
             cells[task[0]] = attempt(*task)
             if cells[task[0]] is None:
@@ -141,29 +138,28 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
             cells[task[0]] = done
             progress(task[0])
     finally:
-        connection.close()
+        store.close()
     return cells
 
 
-def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, log, progress, spec_changed) -> dict:
+def run_workers(original, spec: BenchmarkSpec, table, store: Store, jobs: int, log, progress, spec_changed) -> dict:
     """Run a spec in ``jobs`` workers sharing ``store``: this process and ``jobs - 1`` started ones, each with its
     share of the CPU threads; the started workers' messages and progress are relayed here; return the cells."""
     import multiprocessing
     import queue
     import threading
 
-    import optuna
     import torch
     from threadpoolctl import threadpool_limits
 
-    with open(f"{store}.lock", "w") as lock:  # refuse (or allow) a changed spec once, before any worker starts
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        open_store(store, spec, table, spec_changed, log).close()
-        optuna.storages.RDBStorage(f"sqlite:///{store}", engine_kwargs={"connect_args": {"timeout": 60}})
+    with store.setup_lock():  # refuse (or allow) a changed spec once, before any worker starts
+        open_store(store, spec, table, spec_changed, log)
+        store.optuna_storage()
+    store.close()
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    workers = [context.Process(target=worker_main, args=(original, str(store), threads, messages), daemon=True)
+    workers = [context.Process(target=worker_main, args=(original, store.location, threads, messages), daemon=True)
                for _ in range(jobs - 1)]
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})  # the workers' BLAS threads, at start
@@ -201,7 +197,7 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Path, jobs: int, lo
     torch.set_num_threads(threads)
     try:
         with threadpool_limits(threads):
-            cells = run_benchmark(original, store, log=log, progress=report)
+            cells = run_benchmark(original, store.location, log=log, progress=report)
     finally:
         torch.set_num_threads(torch_threads)
         for worker in workers:
@@ -247,44 +243,43 @@ def spec_table(spec) -> dict | None:
     return None
 
 
-def read_store(path: str | Path) -> tuple[BenchmarkSpec, dict]:
-    """The spec a store was made for and its finished cells ``{(dataset, seed, label): record}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no benchmark store at {path}")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def read_store(location: str | Path) -> tuple[BenchmarkSpec, dict]:
+    """The spec a store (a SQLite file's path or a database URL) was made for and its finished cells
+    ``{(dataset, seed, label): record}``."""
+    import sqlalchemy
+
+    store = Store(location)
     try:
-        row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'table'").fetchone()
-        if row is None:
-            raise SpecError(f"{path} holds no spec table (made from a parsed spec): report it with the spec")
-        spec = load_spec(json.loads(row[0]))
-        return spec, finished_cells(connection, spec)
-    except sqlite3.DatabaseError as error:
-        raise SpecError(f"{path} is not a benchmark store: {error}") from None
+        if not store.exists():
+            raise SpecError(f"no benchmark store at {location}")
+        table = store.get_spec("table")
+        if table is None:
+            raise SpecError(f"{location} holds no spec table (made from a parsed spec): report it with the spec")
+        spec = load_spec(json.loads(table))
+        return spec, finished_cells(store, spec)
+    except sqlalchemy.exc.DatabaseError as error:
+        raise SpecError(f"{location} is not a benchmark store: {str(error).splitlines()[0]}") from None
     finally:
-        connection.close()
+        store.close()
 
 
-def finished_cells(connection, spec: BenchmarkSpec) -> dict:
+def finished_cells(store: Store, spec: BenchmarkSpec) -> dict:
     """The store's finished cells of ``spec``: its datasets, seeds and models, made for its current entries."""
     made_for = {(dataset.name, model.label): cell_fingerprint(spec, dataset, model)
                 for dataset in spec.datasets for model in spec.models}
-    rows = connection.execute("SELECT dataset, seed, label, record FROM aerec_cells").fetchall()
-    cells = {(dataset, int(seed), label): current(json.loads(record), made_for.get((dataset, label)))
-             for dataset, seed, label, record in rows if (dataset, label) in made_for and int(seed) in spec.seeds}
+    cells = {(dataset, seed, label): current(record, made_for.get((dataset, label)))
+             for dataset, seed, label, record in store.cells() if (dataset, label) in made_for and seed in spec.seeds}
     return {key: record for key, record in cells.items() if record is not None}
 
 
-def read_environments(path: str | Path) -> list[dict]:
+def read_environments(location: str | Path) -> list[dict]:
     """The environment records (:func:`~aerec.benchmark.environment.environment`) of the workers that ran a store,
     each distinct one once with its workers and when each started."""
-    connection = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    store = Store(location)
     try:
-        rows = connection.execute("SELECT worker, started, environment FROM aerec_runs ORDER BY started").fetchall()
-    except sqlite3.DatabaseError:
-        rows = []
+        rows = store.runs() if store.exists() else []
     finally:
-        connection.close()
+        store.close()
     distinct: dict = {}
     for worker, started, record in rows:
         entry = distinct.setdefault(record, {**json.loads(record), "workers": []})
@@ -304,74 +299,24 @@ def differences(stored, given, path: str = "") -> list[str]:
     return [] if stored == given else [path]
 
 
-def open_store(path: Path, spec: BenchmarkSpec, table: dict | None = None, spec_changed: str = "refuse",
-               log=lambda message: None) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=60)
-    connection.execute("CREATE TABLE IF NOT EXISTS aerec_spec (key TEXT PRIMARY KEY, value TEXT)")
-    connection.execute("CREATE TABLE IF NOT EXISTS aerec_cells (dataset TEXT, seed INTEGER, label TEXT, record TEXT, "
-                       "PRIMARY KEY (dataset, seed, label))")
-    connection.execute("CREATE TABLE IF NOT EXISTS aerec_claims (dataset TEXT, seed INTEGER, label TEXT, worker TEXT, "
-                       "claimed_at REAL, PRIMARY KEY (dataset, seed, label))")
-    connection.execute("CREATE TABLE IF NOT EXISTS aerec_runs (worker TEXT, started REAL, environment TEXT)")
+def open_store(store: Store, spec: BenchmarkSpec, table: dict | None = None, spec_changed: str = "refuse",
+               log=lambda message: None) -> None:
+    """Create the store's tables, or check that it was made for ``spec`` (or allow the change)."""
+    store.create()
     fingerprint = spec_fingerprint(spec)
-    row = connection.execute("SELECT value FROM aerec_spec WHERE key = 'spec'").fetchone()
-    if row is None:
-        connection.execute("INSERT INTO aerec_spec VALUES ('spec', ?)", (fingerprint,))
-        if table is not None:
-            connection.execute("INSERT INTO aerec_spec VALUES ('table', ?)", (json.dumps(table),))
-        connection.commit()
-    elif row[0] != fingerprint:
-        changed = differences(json.loads(row[0]), json.loads(fingerprint))
+    stored = store.get_spec("spec")
+    if stored is None:
+        store.set_spec({"spec": fingerprint, "table": None if table is None else json.dumps(table)})
+    elif stored != fingerprint:
+        changed = differences(json.loads(stored), json.loads(fingerprint))
         if spec_changed != "allow":
-            connection.close()
-            raise SpecError(f"the store {path} was written by another spec (it differs in {changed}); use another "
-                            "store, or allow the change (--spec-changed=allow) to keep its finished cells")
-        log(f"{path}: the spec changed in {changed}; allowed: finished cells whose entries did not change are kept, "
-            "the others run again")
-        with connection:
-            connection.execute("UPDATE aerec_spec SET value = ? WHERE key = 'spec'", (fingerprint,))
-            connection.execute("DELETE FROM aerec_spec WHERE key = 'table'")
-            if table is not None:
-                connection.execute("INSERT INTO aerec_spec VALUES ('table', ?)", (json.dumps(table),))
-            connection.execute("INSERT OR REPLACE INTO aerec_spec VALUES ('changed', ?)", (json.dumps(changed),))
-    return connection
-
-
-def claim(connection, key, worker: str) -> bool:
-    """Take ``key`` for ``worker``: True if it was free, or held by a worker of this machine that is no longer
-    running (a killed run); claims of other machines' workers are never taken over."""
-    try:
-        with connection:
-            connection.execute("INSERT INTO aerec_claims VALUES (?, ?, ?, ?, ?)", (*key, worker, time.time()))
-        return True
-    except sqlite3.IntegrityError:
-        pass
-    row = connection.execute("SELECT worker FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?",
-                             key).fetchone()
-    if row is None:
-        return claim(connection, key, worker)
-    host, _, pid = row[0].rpartition(":")
-    if row[0] == worker or (host == socket.gethostname() and not process_alive(int(pid))):
-        with connection:
-            changed = connection.execute("UPDATE aerec_claims SET worker = ?, claimed_at = ? WHERE dataset = ? AND "
-                                         "seed = ? AND label = ? AND worker = ?", (worker, time.time(), *key, row[0]))
-        return changed.rowcount == 1
-    return False
-
-
-def release(connection, key) -> None:
-    with connection:
-        connection.execute("DELETE FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?", key)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            store.close()
+            raise SpecError(f"the store {store.location} was written by another spec (it differs in {changed}); use "
+                            "another store, or allow the change (--spec-changed=allow) to keep its finished cells")
+        log(f"{store.location}: the spec changed in {changed}; allowed: finished cells whose entries did not change "
+            "are kept, the others run again")
+        store.set_spec({"spec": fingerprint, "table": None if table is None else json.dumps(table),
+                        "changed": json.dumps(changed)})
 
 
 def cell_fingerprint(spec: BenchmarkSpec, dataset, model) -> str:
@@ -390,31 +335,18 @@ def current(record: dict | None, made_for: str) -> dict | None:
     return record if record is not None and record.get("cell", made_for) == made_for else None
 
 
-def forget_cell(connection, storage, key, log) -> None:
+def forget_cell(store: Store, storage, key, log) -> None:
     """Remove a cell's record and study left by the spec before an allowed change (nothing when there is none)."""
     import optuna
 
-    if read_cell(connection, key) is None:
+    if store.read_cell(key) is None:
         return
     log(f"{key}: its entries in the spec changed: run again")
-    with connection:
-        connection.execute("DELETE FROM aerec_cells WHERE dataset = ? AND seed = ? AND label = ?", key)
+    store.delete_cell(key)
     try:
         optuna.delete_study(study_name="/".join(map(str, key)), storage=storage)
     except KeyError:
         pass
-
-
-def read_cell(connection, key) -> dict | None:
-    row = connection.execute("SELECT record FROM aerec_cells WHERE dataset = ? AND seed = ? AND label = ?",
-                             key).fetchone()
-    return None if row is None else json.loads(row[0])
-
-
-def write_cell(connection, key, record: dict) -> None:
-    with connection:
-        connection.execute("INSERT INTO aerec_cells VALUES (?, ?, ?, ?)", (*key, json.dumps(record)))
-        connection.execute("DELETE FROM aerec_claims WHERE dataset = ? AND seed = ? AND label = ?", key)
 
 
 # -- data -----------------------------------------------------------------------------------------

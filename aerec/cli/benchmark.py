@@ -12,12 +12,15 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "benchmark", help="run a benchmark spec (tuning on validation users, several seeds, paired tests)",
         description="Run, report on or inspect a benchmark: a TOML spec of datasets, protocol, seeds, metrics, tuning "
-                    "and models (see evaluation/specs/smoke.toml). Results are kept in one SQLite store; the same "
+                    "and models (see evaluation/specs/smoke.toml). Results are kept in one store (a SQLite file or a "
+                    "database URL); the same "
                     "command again resumes it without recomputing what finished.")
     actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
     run_parser = actions.add_parser("run", help="run (or resume) a spec, then write its report")
     run_parser.add_argument("spec", help="the spec's TOML file")
-    run_parser.add_argument("--store", help="the SQLite store (default: the spec's path with .sqlite)")
+    run_parser.add_argument("--store", help="the store: a SQLite file (default: the spec's path with .sqlite) or, "
+                                            "for workers on several machines, a database URL such as "
+                                            "postgresql://user:password@host/benchmarks")
     run_parser.add_argument("--out", help="the report's folder (default: <store>_report)")
     run_parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     run_parser.add_argument("--jobs", type=positive_int, default=1,
@@ -57,7 +60,7 @@ def run(args) -> int:
     from aerec.benchmark.spec import load_spec
 
     spec_path = Path(args.spec)
-    store = Path(args.store) if args.store else spec_path.with_suffix(".sqlite")
+    store = args.store or spec_path.with_suffix(".sqlite")
     total = len(expected_keys(load_spec(spec_path)))
     with tqdm(total=total, unit="cell", file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True) as bar:
         def log(message):
@@ -77,7 +80,7 @@ def report(args) -> int:
     from aerec.benchmark.runner import expected_keys, read_environments, read_store
     from aerec.benchmark.spec import SpecError
 
-    store = Path(args.store)
+    store = args.store
     spec, cells = read_store(store)
     missing = [key for key in expected_keys(spec) if key not in cells]
     if missing:
@@ -92,7 +95,7 @@ def report(args) -> int:
 def status(args) -> int:
     from aerec.benchmark.runner import expected_keys, read_store
 
-    spec, cells = read_store(Path(args.store))
+    spec, cells = read_store(args.store)
     expected = expected_keys(spec)
     done = [key for key in expected if key in cells]
     record = {"store": args.store, "spec": spec.name, "cells": len(expected), "done": len(done),
