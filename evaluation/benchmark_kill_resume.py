@@ -118,9 +118,11 @@ def markdown(record: dict) -> str:
             f"({result['cells']} cells). A second store was killed with SIGKILL twice, at moments drawn uniformly "
             "from (0.1, 0.9) of that time, then resumed to the end.\n\n"
             + markdown_table(["kill", "after s", "cells finished then", "trials in the store then"], rows)
-            + f"\nAt the last start {result['cells_read_back_at_the_last_start']} finished cells were read back; "
-            f"{result['interrupted_trials_redone']} trial(s) cut off by the kills were redone (the store's trials: "
-            f"uninterrupted {result['trials_whole']}, killed and resumed {result['trials_killed']}). Cell records "
+            + f"\nEvery trial a kill cut off was marked FAIL `interrupted` at the next start and redone: "
+            f"{result['trials_killed'].get('interrupted', 0)} in all ({result['interrupted_trials_redone']} at the "
+            f"last start). No other trial ran twice: the store's trials, uninterrupted {result['trials_whole']}, "
+            f"killed and resumed {result['trials_killed']}. At the last start "
+            f"{result['cells_read_back_at_the_last_start']} finished cells were read back, not recomputed. Cell records "
             f"that differ apart from seconds and memory: {result['cells_differing'] or 'none'}; the summaries "
             f"(metrics, intervals, p-values, chosen parameters) are equal: **{result['summaries_equal']}**.\n\n"
             + environment_lines(record["environment"], record["load_average_at_end"]))
