@@ -28,9 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from _common import REPO_ROOT, add_output_args, environment_lines, finish_run, markdown_table, start_run
+from aerec.benchmark.report import without_run_dependent
 
-CLOCKS = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment",
-          "interrupted")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_output_args(parser)
     return parser.parse_args(argv)
 
-
-def without_clocks(value):
-    if isinstance(value, dict):
-        return {key: without_clocks(item) for key, item in value.items() if key not in CLOCKS}
-    if isinstance(value, list):
-        return [without_clocks(item) for item in value]
-    return value
 
 
 def command(spec: Path, store: Path) -> list[str]:
@@ -99,13 +91,13 @@ def run(args, log) -> dict:
         _, cells_whole = read_store(whole)
         _, cells_killed = read_store(killed)
         differing = sorted(str(key) for key in cells_whole
-                           if without_clocks(cells_whole[key]) != without_clocks(cells_killed[key]))
+                           if without_run_dependent(cells_whole[key]) != without_run_dependent(cells_killed[key]))
         return {"spec": str(args.spec.relative_to(REPO_ROOT)), "uninterrupted_seconds": wall, "kills": kills,
                 "cells": len(cells_whole), "cells_read_back_at_the_last_start": read_back,
                 "trials_whole": trial_states(whole), "trials_killed": trial_states(killed),
                 "interrupted_trials_redone": sum(int(line.split(": ")[1].split()[0]) for line in redone),
                 "cells_differing": differing,
-                "summaries_equal": without_clocks(summary_whole) == without_clocks(summary_killed)}
+                "summaries_equal": without_run_dependent(summary_whole) == without_run_dependent(summary_killed)}
 
 
 def markdown(record: dict) -> str:
@@ -122,8 +114,8 @@ def markdown(record: dict) -> str:
             f"{result['trials_killed'].get('interrupted', 0)} in all ({result['interrupted_trials_redone']} at the "
             f"last start). No other trial ran twice: the store's trials, uninterrupted {result['trials_whole']}, "
             f"killed and resumed {result['trials_killed']}. At the last start "
-            f"{result['cells_read_back_at_the_last_start']} finished cells were read back, not recomputed. Cell records "
-            f"that differ apart from seconds and memory: {result['cells_differing'] or 'none'}; the summaries "
+            f"{result['cells_read_back_at_the_last_start']} finished cells were read back, not recomputed. Cell "
+            f"records that differ apart from seconds and memory: {result['cells_differing'] or 'none'}; the summaries "
             f"(metrics, intervals, p-values, chosen parameters) are equal: **{result['summaries_equal']}**.\n\n"
             + environment_lines(record["environment"], record["load_average_at_end"]))
 

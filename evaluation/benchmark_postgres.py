@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from _common import REPO_ROOT, add_output_args, environment_lines, finish_run, markdown_table, start_run
+from aerec.benchmark.report import without_run_dependent
 
-CLOCKS = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,11 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_output_args(parser)
     return parser.parse_args(argv)
 
-
-def without_clocks(value):
-    if isinstance(value, dict):
-        return {key: without_clocks(item) for key, item in value.items() if key not in CLOCKS}
-    return value
 
 
 def run(args, log) -> dict:
@@ -97,8 +92,9 @@ def run(args, log) -> dict:
     return {"spec": str(args.spec.relative_to(REPO_ROOT)), "server": version.split(",")[0], "wall_seconds": wall,
             "cells_per_worker": ran, "cells_run_twice": sorted({k for k in every if every.count(k) > 1}),
             "cells": len(every), "trials_per_study": trials, "claims_left": len(claims_left),
-            "workers_agree": without_clocks(summaries[0]) == without_clocks(summaries[1]),
-            "equal_to_a_sqlite_run": without_clocks(summaries[0]) == without_clocks(json.loads(done.stdout))}
+            "workers_agree": without_run_dependent(summaries[0]) == without_run_dependent(summaries[1]),
+            "equal_to_a_sqlite_run": (without_run_dependent(summaries[0])
+                                      == without_run_dependent(json.loads(done.stdout)))}
 
 
 def markdown(record: dict) -> str:

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from _common import REPO_ROOT, add_output_args, environment_lines, finish_run, markdown_table, start_run
+from aerec.benchmark.report import without_run_dependent
 
 JOBS_TARGET = 0.6
 OVERHEAD_TARGET = 0.02
-CLOCKS = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,11 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_output_args(overhead)
     return parser.parse_args(argv)
 
-
-def without_clocks(value):
-    if isinstance(value, dict):
-        return {key: without_clocks(item) for key, item in value.items() if key not in CLOCKS}
-    return value
 
 
 CONFIGURATIONS = {"jobs 1, 1 thread": (1, "1"), "jobs 1, all cores": (1, None), "jobs 2": (2, None)}
@@ -88,7 +83,7 @@ def run_jobs(args, log) -> dict:
                 if done.returncode != 0:
                     raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
                 walls[name].append(wall)
-                summaries.setdefault(name, without_clocks(json.loads(done.stdout)))
+                summaries.setdefault(name, without_run_dependent(json.loads(done.stdout)))
                 log(f"round {round_ + 1}, {name}: {wall:.2f} s")
     medians = {name: float(np.median(values)) for name, values in walls.items()}
     ratio = medians["jobs 2"] / medians["jobs 1, 1 thread"]

@@ -224,8 +224,6 @@ RESUME_SPEC = {**SPEC, "seeds": [98765], "tuning": {"trials": 4}, "baseline": No
                                                                  "latent": 20},
                                   "space": {"lr": {"low": 1e-3, "high": 3e-2, "log": True},
                                             "dropout": {"low": 0.0, "high": 0.8}}}}}
-#: What differs between runs by nature: clocks and memory, and the count of trials a kill cut off.
-RUN_DEPENDENT = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "interrupted")
 
 
 def running_trials(store) -> set:
@@ -265,10 +263,10 @@ def test_a_run_killed_twice_mid_trial_resumes_to_the_report_of_an_uninterrupted_
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=f"sqlite:///{store}")}
     assert sum(studies.values()) == sum(trial_counts(tmp_path / "whole.sqlite").values()) + 2  # nothing else twice
 
-    def without_clocks(cells):
-        return {key: {k: v for k, v in cell.items() if k not in RUN_DEPENDENT} for key, cell in cells.items()}
+    from aerec.benchmark.report import without_run_dependent
 
-    differ = {key: [k for k in cell if cell[k] != whole[key].get(k)] for key, cell in without_clocks(resumed).items()}
+    differ = {key: [k for k in cell if cell[k] != whole[key].get(k)]
+              for key, cell in without_run_dependent(resumed).items()}
     assert not any(differ.values()), differ
 
 

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from aerec.benchmark.report import without_run_dependent
 from aerec.cli import main
 
 TINY = """
@@ -84,14 +85,6 @@ def test_report_of_a_missing_store_exits_2(tmp_path, capsys):
     assert "no benchmark store at" in capsys.readouterr().err
 
 
-CLOCKS = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment")
-
-
-def without_clocks(summary: dict) -> dict:
-    """A summary without what differs between runs by nature (seconds, memory, environment)."""
-    if isinstance(summary, dict):
-        return {key: without_clocks(value) for key, value in summary.items() if key not in CLOCKS}
-    return summary
 
 
 def test_two_jobs_give_the_summary_of_one_and_a_changed_spec_is_refused_unless_allowed(spec, tmp_path, capsys):
@@ -99,7 +92,7 @@ def test_two_jobs_give_the_summary_of_one_and_a_changed_spec_is_refused_unless_a
     one = json.loads(capsys.readouterr().out)
     assert main(["benchmark", "run", str(spec), "--json", "--jobs", "2", "--store", str(tmp_path / "two.sqlite")]) == 0
     captured = capsys.readouterr()
-    assert without_clocks(json.loads(captured.out)) == without_clocks(one)
+    assert without_run_dependent(json.loads(captured.out)) == without_run_dependent(one)
     assert re.search(r"\[worker \d+\] \('ml-100k', 1, 'ease'\): ", captured.err)  # the workers' messages relayed
     spec.write_text(TINY.replace("trials = 2", "trials = 3"))
     assert main(["benchmark", "run", str(spec), "--store", str(tmp_path / "one.sqlite")]) == 2

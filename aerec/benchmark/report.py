@@ -20,7 +20,8 @@ from aerec.benchmark.protocols import LOWER_IS_BETTER
 from aerec.benchmark.spec import BenchmarkSpec
 from aerec.benchmark.stats import compare, mean_ci
 
-__all__ = ["json_safe", "markdown", "per_user_frame", "summarize", "summary_frame", "write_report"]
+__all__ = ["RUN_DEPENDENT", "json_safe", "markdown", "per_user_frame", "summarize", "summary_frame",
+           "without_run_dependent", "write_report"]
 
 
 def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05, environments: list | None = None) -> dict:
@@ -117,6 +118,21 @@ def markdown(summary: dict) -> str:
         text += [f"\n![{name}]({name})\n" for name in plots]
     text.append(_provenance(summary))
     return "".join(text)
+
+
+#: What differs between two runs of one spec by nature: clocks, memory, the machines, kills survived.
+RUN_DEPENDENT = ("fit_seconds", "epoch_seconds", "tuning_seconds", "final_seconds", "peak_rss_bytes", "environment",
+                 "interrupted", "paths")
+
+
+def without_run_dependent(value):
+    """A summary or cell record without :data:`RUN_DEPENDENT` entries, at any depth: what two runs of one spec
+    with the same seeds must agree on (metrics, intervals, p-values, chosen parameters, per-user values)."""
+    if isinstance(value, dict):
+        return {key: without_run_dependent(item) for key, item in value.items() if key not in RUN_DEPENDENT}
+    if isinstance(value, (list, tuple)):
+        return [without_run_dependent(item) for item in value]
+    return value
 
 
 def _number(value, form: str) -> str:
