@@ -119,3 +119,13 @@ def test_status_and_report_take_a_database_url(spec, tmp_path, capsys, monkeypat
     assert json.loads(capsys.readouterr().out)["done"] == 4
     assert main(["benchmark", "report", url]) == 0
     assert (tmp_path / "db_report" / "report.md").is_file()  # <database>_report in the working folder
+
+
+def test_a_spec_file_edited_during_a_run_does_not_change_what_that_run_reports(spec, tmp_path):
+    from aerec.benchmark import benchmark
+
+    def edit_the_file(message):  # as a user editing the spec while a long run goes on
+        spec.write_text(TINY + '[models.als]\nfixed = { iterations = 2 }\n')
+
+    summary = benchmark(spec, tmp_path / "store.sqlite", log=edit_the_file)
+    assert set(summary["datasets"]["ml-100k"]["models"]) == {"popularity", "ease"}  # the spec read at the start

@@ -35,7 +35,7 @@ from aerec.benchmark.protocols import (
     test_scores,
     validation_value,
 )
-from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec
+from aerec.benchmark.spec import BenchmarkSpec, SpecError, load_spec, load_spec_and_table
 from aerec.benchmark.store import Store
 from aerec.data import (
     binarize,
@@ -61,7 +61,7 @@ def spec_fingerprint(spec: BenchmarkSpec) -> str:
 
 
 def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed: str = "refuse",
-                  jobs: int = 1) -> dict:
+                  jobs: int = 1, table: dict | None = None) -> dict:
     """Run every cell of ``spec`` (a path, dict or :class:`BenchmarkSpec`), resuming from ``store``; return the cells.
 
     Returns ``{(dataset, seed, label): cell record}`` with each cell's chosen parameters,
@@ -74,11 +74,13 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     the spec and the entries it depends on (dataset, protocol, metrics, tuning, model) did not change.
     ``jobs`` > 1 runs the cells in that many worker processes on the store (each with its share of
     the CPU threads); their messages and progress come back to ``log`` and ``progress`` here.
+    ``table``: for a parsed spec, the table it came from, kept in the store (a report then needs
+    only the store; a spec read from a file or a dict keeps its own).
     """
     import optuna
 
-    table, original = spec_table(spec), spec
-    spec = spec if isinstance(spec, BenchmarkSpec) else load_spec(spec)
+    spec, read_table = load_spec_and_table(spec)
+    table = read_table if table is None else table
     for model in spec.models:
         if spec.tuning.sampler == "grid" and not all(isinstance(e, Choice) for e in model.space.values()):
             raise SpecError(f"{spec.source} [models.{model.label}]: the grid sampler needs choices for every "
@@ -91,7 +93,7 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     progress = progress or (lambda key: None)
     store = Store(store)
     if jobs > 1:
-        return run_workers(original, spec, table, store, jobs, log, progress, spec_changed)
+        return run_workers(spec, table, store, jobs, log, progress, spec_changed)
     with store.setup_lock():  # one worker at a time sets the store up (Optuna's schema too)
         open_store(store, spec, table, spec_changed, log)
         storage = store.optuna_storage()
@@ -142,7 +144,7 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     return cells
 
 
-def run_workers(original, spec: BenchmarkSpec, table, store: Store, jobs: int, log, progress, spec_changed) -> dict:
+def run_workers(spec: BenchmarkSpec, table, store: Store, jobs: int, log, progress, spec_changed) -> dict:
     """Run a spec in ``jobs`` workers sharing ``store``: this process and ``jobs - 1`` started ones, each with its
     share of the CPU threads; the started workers' messages and progress are relayed here; return the cells."""
     import multiprocessing
@@ -159,7 +161,7 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Store, jobs: int, l
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    workers = [context.Process(target=worker_main, args=(original, store.location, threads, messages), daemon=True)
+    workers = [context.Process(target=worker_main, args=(spec, table, store.location, threads, messages), daemon=True)
                for _ in range(jobs - 1)]
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})  # the workers' BLAS threads, at start
@@ -197,7 +199,7 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Store, jobs: int, l
     torch.set_num_threads(threads)
     try:
         with threadpool_limits(threads):
-            cells = run_benchmark(original, store.location, log=log, progress=report)
+            cells = run_benchmark(spec, store.location, log=log, progress=report, table=table)
     finally:
         torch.set_num_threads(torch_threads)
         for worker in workers:
@@ -212,14 +214,14 @@ def run_workers(original, spec: BenchmarkSpec, table, store: Store, jobs: int, l
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def worker_main(spec, store: str, threads: int, messages) -> None:
+def worker_main(spec: BenchmarkSpec, table, store: str, threads: int, messages) -> None:
     """One worker process of :func:`run_workers`: run the spec on the store, sending back its messages."""
     import torch
 
     torch.set_num_threads(threads)
     name = f"[worker {os.getpid()}] "
     run_benchmark(spec, store, log=lambda message: messages.put(("log", name + message)),
-                  progress=lambda key: messages.put(("progress", key)))
+                  progress=lambda key: messages.put(("progress", key)), table=table)
 
 
 def expected_keys(spec: BenchmarkSpec) -> list:
@@ -229,20 +231,6 @@ def expected_keys(spec: BenchmarkSpec) -> list:
 
 
 # -- the store ------------------------------------------------------------------------------------
-def spec_table(spec) -> dict | None:
-    """The spec as its table (what the store keeps, so that a report needs only the store); None for a parsed spec."""
-    if isinstance(spec, dict):
-        return spec
-    if isinstance(spec, (str, Path)):
-        import tomllib
-
-        try:
-            return tomllib.loads(Path(spec).read_text())
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            return None  # load_spec names the problem
-    return None
-
-
 def read_store(location: str | Path) -> tuple[BenchmarkSpec, dict]:
     """The spec a store (a SQLite file's path or a database URL) was made for and its finished cells
     ``{(dataset, seed, label): record}``."""

@@ -46,7 +46,8 @@ from aerec.models import MODELS
 from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval, check
 from aerec.search_space import check_search_space, search_entry_from_dict
 
-__all__ = ["BenchmarkSpec", "DatasetSpec", "ModelSpec", "ProtocolSpec", "SpecError", "TuningSpec", "load_spec"]
+__all__ = ["BenchmarkSpec", "DatasetSpec", "ModelSpec", "ProtocolSpec", "SpecError", "TuningSpec", "load_spec",
+           "load_spec_and_table"]
 
 RATING_METRICS = ("rmse", "mae")
 #: Protocols and the keys each takes (with their defaults); "ratings" is the explicit-feedback one.
@@ -119,6 +120,13 @@ class BenchmarkSpec:
 
 def load_spec(spec) -> BenchmarkSpec:
     """A checked :class:`BenchmarkSpec` from a TOML file's path or a dict of the same structure."""
+    return load_spec_and_table(spec)[0]
+
+
+def load_spec_and_table(spec) -> tuple[BenchmarkSpec, dict | None]:
+    """The checked spec and the table it was read from (a file is read once); a parsed spec has no table."""
+    if isinstance(spec, BenchmarkSpec):
+        return spec, None
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         try:
@@ -127,9 +135,9 @@ def load_spec(spec) -> BenchmarkSpec:
             raise SpecError(f"cannot read the spec {path}: {error.strerror or error}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise SpecError(f"{path} is not valid TOML: {error}") from None
-        return parse_spec(table, str(path))
+        return parse_spec(table, str(path)), table
     if isinstance(spec, dict):
-        return parse_spec(spec, "<dict>")
+        return parse_spec(spec, "<dict>"), spec
     raise SpecError(f"spec is {type(spec).__name__}; expected a TOML file's path or a dict")
 
 

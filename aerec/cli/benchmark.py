@@ -57,18 +57,19 @@ def run(args) -> int:
     from aerec.benchmark import benchmark
     from aerec.benchmark.report import json_safe, markdown
     from aerec.benchmark.runner import expected_keys
-    from aerec.benchmark.spec import load_spec
+    from aerec.benchmark.spec import load_spec_and_table
 
     spec_path = Path(args.spec)
     store = args.store or spec_path.with_suffix(".sqlite")
-    total = len(expected_keys(load_spec(spec_path)))
+    spec, table = load_spec_and_table(spec_path)  # read once: the spec that runs is the one reported
+    total = len(expected_keys(spec))
     with tqdm(total=total, unit="cell", file=sys.stderr, disable=args.quiet or None, dynamic_ncols=True) as bar:
         def log(message):
             if not args.quiet:
                 bar.write(message, file=sys.stderr)
 
-        summary = benchmark(spec_path, store, out=args.out, jobs=args.jobs, spec_changed=args.spec_changed, log=log,
-                            progress=lambda key: bar.update(1))
+        summary = benchmark(spec, store, out=args.out, jobs=args.jobs, spec_changed=args.spec_changed, log=log,
+                            progress=lambda key: bar.update(1), table=table)
     print(f"wrote {', '.join(summary.pop('paths'))}", file=sys.stderr)
     print(json.dumps(json_safe(summary)) if args.json else markdown(summary))
     return 0
