@@ -301,3 +301,17 @@ def test_a_store_given_by_database_url_runs_shares_and_reports_like_a_file(tmp_p
     spec_back, cells_back = read_store(url)
     assert cells_back == cells and spec_back.name == "tiny"
     assert Store(url).claims() == [] and set(trial_counts(tmp_path / "server.sqlite").values()) == {1, 2}
+
+
+def test_the_grid_sampler_visits_every_point_once_and_resumes_where_it_stopped(tmp_path, data_dir):
+    grid = [10.0, 100.0, 1000.0, 5000.0]
+    spec = {**SPEC, "seeds": [3], "tuning": {"sampler": "grid", "trials": 10}, "baseline": None,
+            "models": {"ease": {"fixed": {"device": "cpu"}, "space": {"l2": {"choices": grid}}}}}
+    store = tmp_path / "store.sqlite"
+    run_benchmark({**spec, "tuning": {"sampler": "grid", "trials": 2}}, store)  # stopped after 2 points...
+    cells = run_benchmark(spec, store, spec_changed="allow")  # ...a new budget: a fresh study, the whole grid
+    study = optuna.load_study(study_name="ml-100k/3/ease", storage=f"sqlite:///{store}")
+    assert sorted(t.params["l2"] for t in study.trials) == grid  # each point once, the budget capped at the grid
+    assert cells[("ml-100k", 3, "ease")]["trials"] == {"COMPLETE": 4}
+    whole = run_benchmark(spec, tmp_path / "whole.sqlite")
+    assert whole[("ml-100k", 3, "ease")]["params"] == cells[("ml-100k", 3, "ease")]["params"]

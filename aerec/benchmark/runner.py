@@ -462,12 +462,17 @@ def cell_budget(tuning, model_spec) -> int | None:
 
 
 def cell_sampler(tuning, model_spec, seed: int, n_finished: int):
-    """The sampler of a cell's next trial, seeded from the split seed and the number of trials finished."""
+    """The sampler of a cell's next trial, seeded from the split seed and the number of trials finished.
+
+    The grid sampler is seeded with the split seed alone: Optuna's ``GridSampler`` numbers the grid in an
+    order its seed shuffles, so a sampler reseeded per trial would revisit points (a fresh sampler with the
+    same seed picks among the unvisited points by the study's history alone, which keeps resuming exact).
+    """
     import optuna
 
+    if tuning.sampler == "grid":  # its seed also shuffles the grid's numbering: the same for every trial of a cell
+        return optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=int(seed))
     trial_seed = int(np.random.SeedSequence([int(seed), n_finished]).generate_state(1)[0])
-    if tuning.sampler == "grid":
-        return optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=trial_seed)
     if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=trial_seed)
     return optuna.samplers.TPESampler(seed=trial_seed)
