@@ -169,7 +169,7 @@ def split_checks(split: StrongSplit) -> dict:
 
 
 def check_split(split: StrongSplit) -> dict:
-    """Disjoint users and no (user, item) pair both fold-in and held-out (as baselines_strong.py checks)."""
+    """Disjoint users and no (user, item) pair both fold-in and held-out (as the retired baselines_strong.py checked)."""
     checks = split_checks(split)
     if not checks["users_disjoint"] or checks["fold_in_heldout_common_entries"]:
         raise RuntimeError(f"not a valid strong-generalization split: {checks}")

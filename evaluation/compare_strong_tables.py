@@ -2,8 +2,9 @@
 
 Reads the benchmark reports (``evaluation/results/strong_<dataset>_report/report.json``, from
 ``aerec benchmark run evaluation/specs/strong_<dataset>.toml``) and the hand-written scripts'
-results (``baselines_strong.json``: popularity, EASE, ALS; ``mult_vae_strong.json``: Mult-VAE and
-Mult-DAE at vae_cf's fixed settings; ``cdae_strong.json``: CDAE over a small grid) and prints, per
+results (``baselines_strong.json``: popularity, EASE, DLAE, EDLAE, ALS over grids; ``cdae_strong.json``:
+CDAE over a small grid; both scripts retired; ``mult_vae_strong.json``: Mult-VAE and Mult-DAE at
+vae_cf's fixed settings) and prints, per
 dataset and model, the test metrics of both (mean ± sd over the same 5 split seeds) and the
 difference of the means in units of the larger sd.
 
@@ -19,6 +20,7 @@ from _common import RESULTS_DIR, markdown_table
 DATASETS = {"ml-100k": "strong_ml_100k", "ml-latest-small": "strong_ml_latest_small"}
 METRICS = ("recall@20", "recall@50", "ndcg@100")
 HAND = {"popularity": ("baselines_strong", "popularity"), "ease": ("baselines_strong", "ease"),
+        "dlae": ("baselines_strong", "dlae"), "edlae": ("baselines_strong", "edlae"),
         "als": ("baselines_strong", "als"), "mult_vae": ("mult_vae_strong", "mult_vae"),
         "mult_dae": ("mult_vae_strong", "mult_dae"), "cdae": ("cdae_strong", None)}
 HOW = {"baselines_strong": "grid on validation", "mult_vae_strong": "vae_cf's fixed settings",
@@ -58,7 +60,8 @@ def main() -> None:
                 theirs, delta = ["–"] * len(METRICS), "–"
             significant = report.get("against_best", {}).get(label, {}).get("significant")
             mark = " (best)" if label == report["best"] else (" *" if significant else "")
-            rows.append([label + mark, *cells, *theirs, delta, HOW.get(script, "–")])
+            how = "nothing to tune" if label == "popularity" else HOW.get(script, "–")
+            rows.append([label + mark, *cells, *theirs, delta, how])
         headers = ["model", *(f"benchmark {m}" for m in METRICS), *(f"hand {m}" for m in METRICS), "Δ N@100 / sd",
                    "hand tuning"]
         text.append(f"\n## {dataset}\n\n" + markdown_table(headers, rows)
