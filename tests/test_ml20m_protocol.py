@@ -2,7 +2,8 @@
 
 ML-20M's files are not on our machines; a synthetic ``ml-20m/ratings.csv`` in the release's
 format (header ``userId,movieId,rating,timestamp``), with enough users for the papers' 10,000
-validation and 10,000 test users, goes through the same scripts a user runs on the real file.
+validation and 10,000 test users, goes through the same script and command a user runs on the
+real file.
 """
 
 from __future__ import annotations
@@ -56,15 +57,19 @@ def test_recvae_on_the_ml20m_protocol_in_one_command(ml20m_dir, tmp_path, monkey
     assert 0 < run["models"]["aerec"]["test"]["metrics"]["ndcg@100"] <= 1
 
 
-def test_edlae_on_the_ml20m_protocol_in_one_command(ml20m_dir, tmp_path, monkeypatch):
+def test_edlae_on_the_ml20m_protocol_in_one_command(ml20m_dir, tmp_path, monkeypatch, capsys):
+    """``aerec benchmark run`` with a spec naming ml-20m: the papers' 10,000 validation and test users."""
+    from aerec.cli import main
+
     monkeypatch.setenv("AEREC_DATA_DIR", str(ml20m_dir))
-    script = load_script("baselines_strong")
-    monkeypatch.setitem(script.GRIDS, "edlae", script.GRIDS["edlae"][:3])  # the grid's first points: keep it short
-    assert script.main(["--datasets", "ml-20m", "--models", "edlae", "ease", "--seeds", "98765",
-                        "--out", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "baselines_strong.json").read_text())
-    run = record["datasets"]["ml-20m"]["per_seed"][0]
-    assert run["split_summary"]["validation_users"] == 10_000
-    assert run["models"]["edlae"]["chosen_params"] in script.GRIDS["edlae"]
-    assert 0 < run["models"]["edlae"]["test"]["metrics"]["ndcg@100"] <= 1
-    assert "ml-20m: 10000 validation + 10000 test users" in (tmp_path / "baselines_strong.md").read_text()
+    spec = tmp_path / "ml20m.toml"
+    spec.write_text('seeds = [98765]\nmetrics = ["ndcg@100"]\n[tuning]\ntrials = 2\n[[datasets]]\nname = "ml-20m"\n'
+                    '[models.ease]\nfixed = { device = "cpu" }\n[models.edlae]\nfixed = { device = "cpu" }\n')
+    assert main(["benchmark", "run", str(spec), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    edlae = summary["datasets"]["ml-20m"]["models"]["edlae"]
+    assert edlae["trials"] == {"COMPLETE": 2} and 0 < edlae["metrics"]["ndcg@100"]["mean"] <= 1
+    from aerec.benchmark.runner import read_store
+
+    _, cells = read_store(spec.with_suffix(".sqlite"))
+    assert len(cells[("ml-20m", 98765, "edlae")]["users"]) == 10_000  # the protocol's test users, all scored
