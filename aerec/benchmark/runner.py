@@ -101,7 +101,7 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
     cells, elsewhere = {}, []
     worker = f"{socket.gethostname()}:{os.getpid()}"
     store.add_run(worker, environment())
-    tasks = []  # (key, dataset, model, seed, split, made_for) in the order of the spec
+    tasks = []  # (key, model spec, seed, split, cell fingerprint) in the order of the spec
     for dataset in spec.datasets:
         data = functools.cache(functools.partial(load_data, dataset))  # read and split only where a cell runs
         for seed in spec.seeds:
