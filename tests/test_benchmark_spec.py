@@ -69,6 +69,8 @@ def test_a_model_without_a_space_gets_its_default_one_less_what_is_fixed():
     (("tuning",), {"trials": 0}, "trials=0"),
     (("tuning",), {"metric": "test_ndcg@100"}, r"\[tuning\] metric: metric 'test_ndcg@100'"),
     (("tuning",), {"on": "test"}, r"\[tuning\]: unknown key 'on'"),
+    (("tuning",), {"startup_trials": 0}, "startup_trials=0"),
+    (("tuning",), {"sampler": "random", "startup_trials": 3}, "startup_trials is the TPE sampler's"),
     (("seeds",), [1, 1], "expected each seed once"),
     (("seeds",), [-1], "seed=-1|seeds=-1"),
     (("baseline",), "als", "baseline='als'; expected one of the model labels"),
@@ -110,3 +112,16 @@ def test_a_file_that_is_not_toml_or_missing_is_a_spec_error(tmp_path):
         load_spec(tmp_path / "missing.toml")
     with pytest.raises(SpecError, match="expected a TOML file's path or a dict"):
         load_spec(3)
+
+
+def test_startup_trials_reach_tpe_and_leave_the_fingerprints_of_specs_without_them_alone():
+    from aerec.benchmark.runner import cell_fingerprint, cell_sampler, spec_fingerprint
+
+    plain = load_spec(BASE)
+    started = load_spec(with_change(("tuning",), {"trials": 3, "startup_trials": 2}))
+    ease = plain.models[0]
+    assert cell_sampler(started.tuning, ease, 1, 0)._n_startup_trials == 2
+    assert cell_sampler(plain.tuning, ease, 1, 0)._n_startup_trials == 10  # Optuna's default
+    assert "startup_trials" not in spec_fingerprint(plain)  # stores made before the key stay valid
+    assert "startup_trials" in spec_fingerprint(started)
+    assert cell_fingerprint(plain, plain.datasets[0], ease) != cell_fingerprint(started, started.datasets[0], ease)

@@ -55,6 +55,7 @@ def spec_fingerprint(spec: BenchmarkSpec) -> str:
     """The spec as canonical JSON (its source path left out): what a store is tied to."""
     record = dataclasses.asdict(spec)
     record.pop("source")
+    record["tuning"] = tuning_record(spec.tuning)
     record["models"] = {model.pop("label"): model for model in record["models"]}  # differences named by label
     record["datasets"] = {dataset["name"]: dataset for dataset in record["datasets"]}
     return json.dumps(record, sort_keys=True, default=repr)
@@ -307,12 +308,21 @@ def open_store(store: Store, spec: BenchmarkSpec, table: dict | None = None, spe
                         "changed": json.dumps(changed)})
 
 
+def tuning_record(tuning) -> dict:
+    """The tuning entries as fingerprints take them: a key added later is left out at its default, so that
+    stores made before it stay valid."""
+    record = dataclasses.asdict(tuning)
+    if record["startup_trials"] is None:
+        del record["startup_trials"]
+    return record
+
+
 def cell_fingerprint(spec: BenchmarkSpec, dataset, model) -> str:
     """What a cell's result depends on besides its seed: the dataset, protocol, metrics, tuning and model entries."""
     import hashlib
 
-    record = {"dataset": dataset, "protocol": spec.protocol, "metrics": spec.metrics, "tuning": spec.tuning,
-              "model": model}
+    record = {"dataset": dataset, "protocol": spec.protocol, "metrics": spec.metrics,
+              "tuning": tuning_record(spec.tuning), "model": model}
     text = json.dumps({key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
                        for key, value in record.items()}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -475,6 +485,8 @@ def cell_sampler(tuning, model_spec, seed: int, n_finished: int):
     trial_seed = int(np.random.SeedSequence([int(seed), n_finished]).generate_state(1)[0])
     if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=trial_seed)
+    if tuning.startup_trials is not None:
+        return optuna.samplers.TPESampler(seed=trial_seed, n_startup_trials=tuning.startup_trials)
     return optuna.samplers.TPESampler(seed=trial_seed)
 
 

@@ -15,6 +15,7 @@ The same structure either way (``tomllib`` reads the file)::
     sampler = "tpe"                            # tpe | random | grid
     trials = 10                                # and/or seconds: the same budget for every model
     metric = "ndcg@100"                        # always measured on the validation users
+    startup_trials = 4                         # TPE's random start (Optuna's default 10: all of a 10-trial budget)
 
     [[datasets]]
     name = "ml-100k"                           # a known name, or a file:
@@ -61,7 +62,7 @@ SAMPLERS = ("tpe", "random", "grid")
 TOP_KEYS = ("name", "seeds", "metrics", "baseline", "protocol", "tuning", "datasets", "models")
 DATASET_KEYS = ("name", "path", "user", "item", "rating", "timestamp", "binarize", "min_user", "min_item")
 MODEL_KEYS = ("model", "fixed", "space")
-TUNING_KEYS = ("sampler", "trials", "seconds", "metric", "pruning")
+TUNING_KEYS = ("sampler", "trials", "seconds", "metric", "pruning", "startup_trials")
 
 
 class SpecError(ValueError):
@@ -91,6 +92,7 @@ class TuningSpec:
     seconds: float | None = None
     metric: str = "ndcg@100"
     pruning: bool = True
+    startup_trials: int | None = None  # TPE's random trials before it models (None: Optuna's default, 10)
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,14 @@ def _tuning(table, ranking: bool, where: str) -> TuningSpec:
     pruning = table.get("pruning", True)
     if not isinstance(pruning, bool):
         raise SpecError(f"{where}: pruning={pruning!r}; expected true or false")
-    return TuningSpec(sampler=sampler, trials=trials, seconds=seconds, metric=metric, pruning=pruning)
+    startup = table.get("startup_trials")
+    if startup is not None:
+        _value("startup_trials", startup, where, POSITIVE_INT)
+        if sampler != "tpe":
+            raise SpecError(f"{where}: startup_trials={startup!r} with sampler={sampler!r}; startup_trials is the "
+                            "TPE sampler's (its random trials before it models the history)")
+    return TuningSpec(sampler=sampler, trials=trials, seconds=seconds, metric=metric, pruning=pruning,
+                      startup_trials=startup)
 
 
 def _dataset(table, where: str) -> DatasetSpec:
