@@ -129,3 +129,23 @@ def test_a_spec_file_edited_during_a_run_does_not_change_what_that_run_reports(s
 
     summary = benchmark(spec, tmp_path / "store.sqlite", log=edit_the_file)
     assert set(summary["datasets"]["ml-100k"]["models"]) == {"popularity", "ease"}  # the spec read at the start
+
+
+def test_status_names_the_cells_running_with_their_worker_and_the_time_spent(spec, capsys):
+    import sqlite3
+    import time
+
+    assert main(["benchmark", "run", str(spec), "--quiet"]) == 0
+    store = spec.with_suffix(".sqlite")
+    with sqlite3.connect(store) as connection:  # as while another machine's worker runs seed 1's EASE
+        connection.execute("DELETE FROM aerec_cells WHERE seed = 1 AND label = 'ease'")
+        connection.execute("INSERT INTO aerec_claims VALUES ('ml-100k', 1, 'ease', 'elsewhere:42', ?)",
+                           (time.time() - 30,))
+    capsys.readouterr()
+    assert main(["benchmark", "status", str(store), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["done"] == 3 and record["left"] == [] and record["seconds_spent"] > 0
+    assert [r["cell"] for r in record["running"]] == [["ml-100k", 1, "ease"]]
+    assert record["running"][0]["worker"] == "elsewhere:42" and record["running"][0]["seconds"] >= 30
+    assert main(["benchmark", "status", str(store)]) == 0
+    assert "running: ml-100k/1/ease by elsewhere:42" in capsys.readouterr().out

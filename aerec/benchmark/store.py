@@ -181,11 +181,12 @@ class Store:
             connection.execute(text(f"DELETE FROM aerec_claims WHERE {KEY}"), key_params(key))
 
     def claims(self) -> list[tuple]:
+        """The cells being run: ``(dataset, seed, label, worker, claimed_at)``."""
         from sqlalchemy import text
 
         with self.engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(text("SELECT dataset, seed, label, worker FROM "
-                                                                  "aerec_claims")).fetchall()]
+            rows = connection.execute(text("SELECT dataset, seed, label, worker, claimed_at FROM aerec_claims"))
+            return [(dataset, int(seed), label, worker, at) for dataset, seed, label, worker, at in rows.fetchall()]
 
     # -- workers -----------------------------------------------------------------------------------
     def add_run(self, worker: str, environment: dict) -> None:

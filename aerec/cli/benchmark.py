@@ -94,18 +94,32 @@ def report(args) -> int:
 
 
 def status(args) -> int:
+    import time
+
     from aerec.benchmark.runner import expected_keys, read_store
+    from aerec.benchmark.store import Store
 
     spec, cells = read_store(args.store)
+    store = Store(args.store)
+    try:
+        claims = {(dataset, seed, label): (worker, at) for dataset, seed, label, worker, at in store.claims()}
+    finally:
+        store.close()
     expected = expected_keys(spec)
     done = [key for key in expected if key in cells]
+    running = [{"cell": list(key), "worker": claims[key][0], "seconds": time.time() - claims[key][1]}
+               for key in expected if key in claims and key not in cells]
+    spent = sum((cells[key].get("tuning_seconds") or 0.0) + (cells[key].get("final_seconds") or 0.0) for key in done)
     record = {"store": args.store, "spec": spec.name, "cells": len(expected), "done": len(done),
-              "left": [list(key) for key in expected if key not in cells]}
+              "running": running, "seconds_spent": spent,
+              "left": [list(key) for key in expected if key not in cells and key not in claims]}
     if args.json:
         print(json.dumps(record))
-    else:
-        print(f"{spec.name}: {len(done)} of {len(expected)} cells done"
-              + ("" if not record["left"] else f"; left: {', '.join('/'.join(map(str, k)) for k in record['left'])}"))
+        return 0
+    lines = [f"{spec.name}: {len(done)} of {len(expected)} cells done ({spent:.0f} s of tuning and scoring), "
+             f"{len(running)} running, {len(record['left'])} left"]
+    lines += [f"  running: {'/'.join(map(str, r['cell']))} by {r['worker']} for {r['seconds']:.0f} s" for r in running]
+    if record["left"]:
+        lines.append(f"  left: {', '.join('/'.join(map(str, key)) for key in record['left'])}")
+    print("\n".join(lines))
     return 0
-
-
