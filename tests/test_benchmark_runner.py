@@ -315,3 +315,30 @@ def test_the_grid_sampler_visits_every_point_once_and_resumes_where_it_stopped(t
     assert cells[("ml-100k", 3, "ease")]["trials"] == {"COMPLETE": 4}
     whole = run_benchmark(spec, tmp_path / "whole.sqlite")
     assert whole[("ml-100k", 3, "ease")]["params"] == cells[("ml-100k", 3, "ease")]["params"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_dataset_given_as_a_file_with_its_columns_and_preprocessing_runs_like_a_named_one(suffix, tmp_path,
+                                                                                             ml100k):
+    """A user's own file: column names, a binarize threshold and minimum counts, through the strong protocol."""
+    from aerec.data import binarize, filter_min_counts
+
+    frame = ml100k.to_pandas(user="uid", item="sku", rating="stars", timestamp="when")
+    path = tmp_path / f"clicks{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    spec = {**SPEC, "seeds": [98765], "tuning": {"trials": 1}, "baseline": None, "protocol": {"name": "strong",
+                                                                                              "n_heldout": 50},
+            "datasets": [{"path": str(path), "user": "uid", "item": "sku", "rating": "stars", "timestamp": "when",
+                          "binarize": 3.5, "min_user": 20, "min_item": 5}],
+            "models": {"popularity": {}}}
+    cell = run_benchmark(spec, tmp_path / "store.sqlite")[("clicks", 98765, "popularity")]
+    kept = filter_min_counts(binarize(ml100k, threshold=3.5), min_user=20, min_item=5)
+    assert len(cell["users"]) == 50 and 0 < cell["test"]["ndcg@100"] <= 1  # 50 test users of the filtered data
+    from aerec.benchmark.protocols import make_cell_data
+    from aerec.benchmark.runner import load_data, split_fingerprint
+    from aerec.benchmark.spec import load_spec
+
+    parsed = load_spec(spec)
+    data = load_data(parsed.datasets[0])
+    assert data.nnz == kept.nnz and data.n_users == kept.n_users  # the spec's preprocessing, as by hand
+    assert cell["split"] == split_fingerprint(make_cell_data(parsed, parsed.datasets[0], data, 98765).split)

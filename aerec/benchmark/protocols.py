@@ -16,7 +16,9 @@
   the predicted ratings. Per-user values are each test user's RMSE / MAE over their ratings.
 
 The ranking protocols use the data as given: binarize a rating file in the dataset's entry
-(``binarize = 3.5``) for implicit-feedback models (the strong protocol has its own threshold).
+(``binarize = 3.5``) for implicit-feedback models. The strong protocol has its own threshold
+(vae_cf's 3.5), applied to ratings only: data that is already binary (all values 1) is taken
+as it is, as ``aerec train`` does.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
         n_heldout = params.pop("n_heldout") or STRONG_N_HELDOUT.get(dataset.name)
         if n_heldout is None:
             raise SpecError(f"{spec.source} [protocol]: n_heldout is needed for the dataset {dataset.name!r}")
+        if np.all(data.matrix.data == 1.0):  # already binary (a click file, or binarize in the dataset's entry)
+            params["threshold"] = None
         split = strong_generalization(data, int(n_heldout), seed=int(seed), **params)
         return CellData(split, split.train, (split.validation_fold_in, split.validation_heldout),
                         (split.test_fold_in.matrix, split.test_heldout.matrix))
