@@ -111,9 +111,9 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
             tasks += [((dataset.name, int(seed), model.label), model, seed, split,
                        cell_fingerprint(spec, dataset, model)) for model in spec.models]
 
-    def attempt(key, model, seed, split, made_for):
+    def attempt(key, model, seed, split, made_for, done=None):
         """The cell's record: read back, or run here once claimed; None while another worker runs it."""
-        done = current(store.read_cell(key), made_for)
+        done = current(store.read_cell(key), made_for) if done is None else done
         if done is not None or not store.claim(key, worker):
             return done
         done = current(store.read_cell(key), made_for)  # another worker's, since the first look
@@ -127,9 +127,10 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
 
     try:
         for task in tasks:
-            if current(store.read_cell(task[0]), task[-1]) is not None:
+            finished = current(store.read_cell(task[0]), task[-1])
+            if finished is not None:
                 log(f"{task[0]}: finished before, read back")
-            cells[task[0]] = attempt(*task)
+            cells[task[0]] = attempt(*task, done=finished)
             if cells[task[0]] is None:
                 log(f"{task[0]}: being run by another worker")
                 elsewhere.append(task)
