@@ -1,4 +1,5 @@
-"""The ``aerec`` command line: ``train``, ``evaluate``, ``recommend``, ``models``, ``datasets``, ``demo``, ``benchmark``.
+"""The ``aerec`` command line: ``train``, ``evaluate``, ``recommend``, ``similar``, ``embed``, ``models``, ``datasets``,
+``demo``, ``benchmark``.
 
 Results go to stdout (a table, or with ``--json`` exactly one JSON object) or to
 the files named; progress goes to stderr. Bad input exits with code 2 and one
@@ -11,10 +12,10 @@ from __future__ import annotations
 import sys
 
 from aerec._version import __version__
-from aerec.cli import benchmark, datasets, demo, evaluate, models, recommend, train
+from aerec.cli import benchmark, datasets, demo, evaluate, models, recommend, similar, train
 from aerec.cli.common import CliError, OneLineParser
 
-COMMANDS = (train, evaluate, recommend, models, datasets, demo, benchmark)
+COMMANDS = (train, evaluate, recommend, similar, models, datasets, demo, benchmark)
 
 
 def build_parser() -> OneLineParser:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from aerec.cli.common import CliError, atomic_output, check_positive_int, load_dataset, progress
+from aerec.data.catalogue import align_to_catalogue, recommendations_frame
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 
@@ -53,7 +53,11 @@ def run(args) -> int:
     if args.n > model.n_items_:
         raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
     users = load_dataset(args.input, None, "--input")
-    rows, unknown = rows_in_catalogue(users, model.item_ids_)
+    rows, unknown = align_to_catalogue(users, model.item_ids_, warn=False)
+    if users.nnz and unknown == users.nnz:
+        raise CliError(f"none of the {users.n_items} items of --input are in the model's catalogue of "
+                       f"{model.n_items_} items (input ids such as {users.item_ids[0]!r}, model ids such as "
+                       f"{model.item_ids_[0]!r})")
     progress(f"{users.n_users} users, {users.nnz} interactions; {unknown} interaction(s) with items the model does "
              "not know were ignored")
     batches = model.recommend_batches(rows, n=args.n, filter_already_liked_items=not args.include_seen,
@@ -61,21 +65,6 @@ def run(args) -> int:
     written = write_recommendations(batches, users.user_ids, np.asarray(model.item_ids_), output)
     progress(f"wrote {written} recommendations for {users.n_users} users to {output}")
     return 0
-
-
-def rows_in_catalogue(users, item_ids) -> tuple[sp.csr_matrix, int]:
-    """The users' rows over the model's columns (matched by id, as text); and how many entries matched none."""
-    column_of = {str(item): column for column, item in enumerate(np.asarray(item_ids).tolist())}
-    columns = np.array([column_of.get(str(item), -1) for item in np.asarray(users.item_ids).tolist()], dtype=np.int64)
-    coo = users.matrix.tocoo()
-    mapped = columns[coo.col] if coo.nnz else np.empty(0, dtype=np.int64)
-    known = mapped >= 0
-    if coo.nnz and not known.any():
-        raise CliError(f"none of the {len(columns)} items of --input are in the model's catalogue of {len(item_ids)} "
-                       f"items (input ids such as {users.item_ids[0]!r}, model ids such as {item_ids[0]!r})")
-    rows = sp.csr_matrix((coo.data[known], (coo.row[known], mapped[known])), shape=(users.n_users, len(item_ids)),
-                         dtype=np.float32)
-    return rows, int((~known).sum())
 
 
 def write_recommendations(batches, user_ids, item_ids, output: Path) -> int:
@@ -86,24 +75,16 @@ def write_recommendations(batches, user_ids, item_ids, output: Path) -> int:
         writer = None
         try:
             for index, ids, scores in batches:
-                frame = batch_frame(user_ids[np.asarray(index)], ids, scores, item_ids)
+                frame = recommendations_frame(user_ids[np.asarray(index)], ids, scores, item_ids)
                 writer = append(writer, frame, temporary, output.suffix)
                 written += len(frame)
             if writer is None:  # no users: a file with the columns only
-                writer = append(None, batch_frame(user_ids[:0], np.empty((0, 1), np.int64), np.empty((0, 1)), item_ids),
-                                temporary, output.suffix)
+                empty = recommendations_frame(user_ids[:0], np.empty((0, 1), np.int64), np.empty((0, 1)), item_ids)
+                writer = append(None, empty, temporary, output.suffix)
         finally:
             if writer is not None and output.suffix == ".parquet":
                 writer.close()
     return written
-
-
-def batch_frame(users, ids: np.ndarray, scores: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
-    n = ids.shape[1]
-    keep = (ids >= 0).ravel()  # fewer than n items left: the places hold -1
-    return pd.DataFrame({"user": np.repeat(users, n)[keep], "item": item_ids[np.clip(ids, 0, None).ravel()][keep],
-                         "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(ids))[keep],
-                         "score": scores.ravel().astype(np.float32)[keep]})
 
 
 def append(writer, frame: pd.DataFrame, path: Path, suffix: str):

@@ -80,6 +80,15 @@ class ALS(Recommender):
         with threadpool_limits(1, "blas"):
             return self.model_.recalculate_user(np.arange(rows.shape[0]), rows)
 
+    def item_embeddings(self) -> np.ndarray:
+        """implicit's item factors, (n_items, factors) float32."""
+        self.check_fitted()
+        return np.asarray(self.model_.item_factors, dtype=np.float32)
+
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """The rows' least-squares user factors (:meth:`user_factors`), float32."""
+        return np.asarray(self.user_factors(user_items), dtype=np.float32)
+
     def score_tensor(self, user_items) -> torch.Tensor:
         factors = self.user_factors(user_items)
         return torch.from_numpy(factors @ self.model_.item_factors.T)

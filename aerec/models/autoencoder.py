@@ -225,6 +225,15 @@ class Autoencoder(TorchRecommender):
 
     transform = embed
 
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """:meth:`embed` of the given rows (the posterior mean for the variational kind)."""
+        return self.embed(self.check_user_items(user_items))
+
+    def item_embeddings(self) -> np.ndarray:
+        """Each feature's (item's) row of the decoder's last layer, (n_items, first hidden width), float32."""
+        self.check_fitted()
+        return self.module_.decoder.layers[-1].weight.detach().float().cpu().contiguous().numpy()
+
     def reconstruct(self, X) -> np.ndarray:
         """Decoded rows (probabilities for "bernoulli", a softmax for "multinomial", means for "gaussian")."""
         return self._map_rows(X, lambda module, x: _output(self.loss, module.decoder(self._code(module, x))))

@@ -311,23 +311,32 @@ class AutoRec(TorchRecommender):
         return self.module_
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False) -> "AutoRec":
+    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False, *,
+            user: str = "user", item: str = "item", rating: str | bool | None = None) -> "AutoRec":
         """Learn from ``train`` (users x items ratings); returns ``self``.
 
         Parameters
         ----------
-        train : Interactions or scipy.sparse matrix
-            Users x items ratings (stored entries are the observed ratings).
-        validation : Interactions or scipy.sparse matrix, optional
-            Held-out ratings of the same shape, none of them in ``train``: the iteration
-            with the lowest RMSE on them (predicted from ``train`` only) is kept.
+        train : Interactions, scipy.sparse matrix or pandas DataFrame
+            Users x items ratings (stored entries are the observed ratings); a frame has one row
+            per rating, its columns named by ``user``, ``item`` and ``rating`` (default ``"rating"``).
+        validation : Interactions, scipy.sparse matrix or DataFrame, optional
+            Held-out ratings of the same shape (a frame: lined up with ``train``'s users and
+            items), none of them in ``train``: the iteration with the lowest RMSE on them
+            (predicted from ``train`` only) is kept.
         checkpoint, callbacks, warm_start
             As :meth:`Recommender.fit`.
         """
         # every input is checked before the base class records anything on the model
+        train, validation = self.fit_inputs(train, validation, user, item, rating)
         self.check_params()
         ratings = _canonical(as_csr(train, "train"))
         self._check_ratings(ratings, "train")
+        if ratings.nnz and ratings.data.min() == ratings.data.max():
+            warnings.warn(f"train's {ratings.nnz} ratings are all {float(ratings.data[0])!r}: AutoRec is a rating "
+                          "model and learns little from one value (every prediction tends to it); give it the ratings "
+                          "(a frame's rating= column, the ratings protocol), or use an implicit model (mult_vae, "
+                          "ease, ...)", UserWarning, stacklevel=2)
         self._validation_matrix(validation, ratings)
         return super().fit(train, validation, checkpoint, callbacks, warm_start)
 
@@ -474,14 +483,53 @@ class AutoRec(TorchRecommender):
             return torch.cat(blocks) if blocks else torch.zeros((0, self.n_items_), device=self.device_)
         return self._fold_in_item_model(rows)
 
+    # -- representations -------------------------------------------------------------------
+    def item_embeddings(self, layer: str = "input") -> np.ndarray:
+        """One vector per item, (n_items, hidden), float32.
+
+        I-AutoRec: the item's code ``sigmoid(V r_i + mu)`` from its training ratings (``layer`` is
+        not used). U-AutoRec: ``"input"``, the item's column of ``V`` (what its rating adds to the
+        hidden layer); ``"output"``, its row of ``W`` (the vector its rating is read from).
+        """
+        self.check_fitted()
+        if layer not in ("input", "output"):
+            raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
+        if self.kind == "item":
+            weight = self.item_codes_
+        else:
+            weight = self.module_.encoder.weight.T if layer == "input" else self.module_.decoder.weight
+        return weight.detach().float().cpu().contiguous().numpy()
+
+    @torch.no_grad()
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """One vector per row (folded in), float32: U-AutoRec's code ``sigmoid(V r + mu)`` (n_rows, hidden);
+        I-AutoRec's fitted output unit, the row's ridge weights on the item codes (n_rows, hidden; zeros
+        for an empty row), of which its scores are the inner products with :meth:`item_embeddings`."""
+        rows = _canonical(self.check_user_items(user_items))
+        self._check_ratings(rows, "user_items")
+        if self.kind == "item":
+            return self._item_model_units(rows)[:, :-1].float().cpu().numpy()
+        blocks = [self.module_.encode(csr_to_sparse_tensor(rows[start:start + _ROWS_PER_BATCH], self.device_))
+                  for start in range(0, rows.shape[0], _ROWS_PER_BATCH)]
+        return (torch.cat(blocks) if blocks else torch.zeros((0, int(self.hidden)))).float().cpu().numpy()
+
     def _fold_in_item_model(self, rows: sp.csr_matrix) -> torch.Tensor:
         """I-AutoRec: fit each row's own output unit (ridge on the item codes) and score every item."""
+        units = self._item_model_units(rows)
+        codes = torch.cat([self.item_codes_.double(), torch.ones((self.n_items_, 1), dtype=torch.float64,
+                                                                  device=self.device_)], 1)
+        scores = (units @ codes.T).float()
+        scores[torch.from_numpy(np.diff(rows.indptr) == 0).to(self.device_)] = float(self.default_rating)
+        return scores
+
+    def _item_model_units(self, rows: sp.csr_matrix) -> torch.Tensor:
+        """I-AutoRec's fold-in: each row's output unit (weights on the item codes, then the bias), (n_rows, k + 1)."""
         device, k = self.device_, int(self.hidden)
         codes = torch.cat([self.item_codes_.double(), torch.ones((self.n_items_, 1), dtype=torch.float64, device=device)], 1)
         padded = torch.cat([codes, torch.zeros((1, k + 1), dtype=torch.float64, device=device)])  # index n_items: padding
         penalty = torch.full((k + 1,), float(self.l2) / 2, dtype=torch.float64, device=device)
         penalty[-1] = 0.0  # the bias is not regularised
-        scores = torch.full((rows.shape[0], self.n_items_), float(self.default_rating), device=device)
+        units = torch.zeros((rows.shape[0], k + 1), dtype=torch.float64, device=device)
         counts = np.diff(rows.indptr)
         order = np.argsort(counts, kind="stable")
         order = order[counts[order] > 0]
@@ -506,10 +554,9 @@ class AutoRec(TorchRecommender):
             # gram is symmetric positive definite (l2 > 0, at least one rating). Cholesky, not linalg.solve:
             # torch's batched LU solve with MKL fails on 2+ threads here ("DLASWP parameter 6", torch 2.13 CPU).
             right = gathered.transpose(1, 2) @ target[..., None]
-            weights = torch.cholesky_solve(right, torch.linalg.cholesky(gram))[..., 0]
-            scores[torch.from_numpy(chunk).to(device)] = (weights @ codes.T).float()
+            units[torch.from_numpy(chunk).to(device)] = torch.cholesky_solve(right, torch.linalg.cholesky(gram))[..., 0]
             start = stop
-        return scores
+        return units
 
 
 def _reference_rprop_schedule(optimizer, state) -> None:

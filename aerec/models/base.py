@@ -18,12 +18,14 @@ import os
 import warnings
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from aerec.data.catalogue import align_to_catalogue, as_interactions, catalogue_index, recommendations_frame
 from aerec.data.interactions import Interactions
 from aerec.params import validate_params
-from aerec.ranking import batch_rows_for_budget, default_memory_budget, stream_top_n
+from aerec.ranking import batch_rows_for_budget, default_memory_budget, stream_top_n, top_n
 
 
 class NotFittedError(ValueError):
@@ -39,12 +41,19 @@ class Recommender:
     #: the ranges the model's paper or reference code searched; merged along the class hierarchy (None removes).
     search_space: dict = {}
 
-    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False) -> "Recommender":
-        """Learn from ``train`` (users x items :class:`Interactions` or sparse matrix); returns ``self``.
+    def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False, *,
+            user: str = "user", item: str = "item", rating: str | bool | None = None) -> "Recommender":
+        """Learn from ``train`` (users x items :class:`Interactions`, sparse matrix or pandas frame); returns ``self``.
+
+        A frame has one row per interaction, with raw ids in the columns named by ``user`` and
+        ``item``; ``rating`` names the values' column (by default ``"rating"`` where the frame has
+        one, else every entry is 1.0; ``False``: every entry 1.0). Implicit models take the values
+        as weights: for vae_cf's protocol keep the likes and pass ``rating=False``. The raw item
+        ids are kept as ``item_ids_``.
 
         ``validation`` is an optional pair ``(fold_in, heldout)`` (or a
-        :class:`~aerec.data.HoldoutSplit`-like object) that models with epochs
-        use for early stopping; the baselines ignore it.
+        :class:`~aerec.data.HoldoutSplit`-like object; two frames with raw ids are lined up with
+        ``train``'s items) that models with epochs use for early stopping; the baselines ignore it.
 
         ``checkpoint`` (a directory, or a :class:`~aerec.training.Checkpointing`) makes models
         trained by epochs commit their whole training state there and, when it already holds
@@ -56,6 +65,7 @@ class Recommender:
         such a model's training from its current weights, optimizer state and random
         generators for ``epochs`` more epochs. Models fitted in one step ignore both.
         """
+        train, validation = self.fit_inputs(train, validation, user, item, rating)
         self._checkpoint, self._callbacks, self._warm_start = checkpoint, tuple(callbacks), bool(warm_start)
         self.check_params()
         matrix = self.as_training_matrix(train)
@@ -63,6 +73,30 @@ class Recommender:
         self.item_ids_ = train.item_ids if isinstance(train, Interactions) else np.arange(matrix.shape[1])
         self._fit(matrix, validation)
         return self
+
+    @staticmethod
+    def fit_inputs(train, validation, user: str = "user", item: str = "item", rating: str | bool | None = None):
+        """``(train, validation)`` with pandas frames made :class:`Interactions` over ``train``'s ids.
+
+        A pair of frames ``(fold_in, heldout)`` is lined up with ``train``'s items (rows: the users
+        of ``fold_in``, then any other user of ``heldout``); one frame of held-out ratings (the form
+        rating models validate on) with ``train``'s users and items.
+        """
+        train = as_interactions(train, user, item, rating, "train")
+        frames = validation if isinstance(validation, (tuple, list)) else (validation,)
+        if not any(isinstance(part, pd.DataFrame) for part in frames):
+            return train, validation
+        if not isinstance(train, Interactions):
+            raise TypeError("validation frames need raw ids to be lined up with: pass train as a frame or Interactions")
+        if not all(isinstance(part, pd.DataFrame) for part in frames):
+            raise TypeError(f"validation mixes frames and {[type(part).__name__ for part in frames]}; expected "
+                            "frames only, or no frame")
+        names = ("validation fold_in", "validation heldout") if len(frames) == 2 else ("validation",)
+        parts = [as_interactions(part, user, item, rating, name) for part, name in zip(frames, names)]
+        if len(parts) == 1:
+            return train, align_to_catalogue(parts[0], train.item_ids, train.user_ids)[0]
+        users = pd.unique(np.concatenate([part.user_ids for part in parts]))
+        return train, tuple(align_to_catalogue(part, train.item_ids, users)[0] for part in parts)
 
     def as_training_matrix(self, train):
         """``train`` as the matrix ``_fit`` receives: a float32 CSR with at least one interaction."""
@@ -134,17 +168,70 @@ class Recommender:
         """Dense float32 scores of shape (n_rows, n_items) for the given users' rows."""
         return self.score_tensor(user_items).detach().float().cpu().numpy()
 
-    def recommend(self, user_items, n: int = 10, filter_already_liked_items: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``n`` item indices and scores for each row of ``user_items``, best first.
+    def recommend(self, user_items, n: int = 10, filter_already_liked_items: bool = True, *, N: int | None = None,
+                  user: str = "user", item: str = "item", rating: str | bool | None = None):
+        """Top-``n`` items and scores for each user of ``user_items``, best first.
+
+        ``user_items`` is one of:
+
+        - a pandas frame of histories with raw ids (columns named by ``user``, ``item``, ``rating``
+          as in :meth:`fit`): returns a frame ``user, item, rank, score`` in raw ids, users in id
+          order; items the model does not know are ignored and counted in an
+          :class:`~aerec.data.catalogue.UnknownIdsWarning`;
+        - :class:`Interactions` or a sparse matrix of rows over the model's items: returns the
+          arrays ``(ids, scores)``, one row per input row, ids indexing ``item_ids_``. Interactions
+          with other item ids than the model's are lined up with its catalogue by raw id
+          (those whose ids are 0..n-1, a bare matrix's, are taken as columns when the widths agree).
+
+        implicit's spelling works too: ``recommend(userid, user_items, N=10,
+        filter_already_liked_items=True)``, where ``user_items`` holds one row per ``userid``
+        (implicit >= 0.5), or is the whole matrix the ``userid`` rows are taken from; a scalar
+        ``userid`` gives 1-D arrays. The user ids themselves are not used: every model here
+        folds users in from their rows.
 
         With ``filter_already_liked_items`` the row's own items are excluded;
         where fewer than ``n`` items remain, the missing places hold id -1 and
         score -inf.
         """
+        if _is_matrix(n):  # implicit's recommend(userid, user_items, N, ...)
+            return self._recommend_implicit_style(user_items, n, filter_already_liked_items, N)
+        if N is not None:
+            n = N
+        if isinstance(user_items, pd.DataFrame):
+            histories = self.align(user_items, user=user, item=item, rating=rating)
+            ids, scores = self.recommend(histories, n, filter_already_liked_items)
+            return recommendations_frame(histories.user_ids, ids, scores, self.item_ids_)
         parts = list(self.recommend_batches(user_items, n, filter_already_liked_items))
         if not parts:
             return np.empty((0, n), dtype=np.int64), np.empty((0, n), dtype=np.float32)
         return np.concatenate([ids for _, ids, _ in parts]), np.concatenate([scores for _, _, scores in parts])
+
+    def _recommend_implicit_style(self, userid, user_items, filter_already_liked_items, N):
+        n = 10 if N is None else N
+        if not isinstance(filter_already_liked_items, (bool, np.bool_)):  # recommend(userid, user_items, 20)
+            n, filter_already_liked_items = filter_already_liked_items, True
+        scalar = np.ndim(userid) == 0
+        users = np.atleast_1d(np.asarray(userid))
+        if not np.issubdtype(users.dtype, np.integer) or users.ndim != 1:
+            raise ValueError(f"userid={userid!r}; expected an integer or a 1-D array of integers (implicit's spelling "
+                             "recommend(userid, user_items, N=10))")
+        rows = as_csr(user_items, "user_items")
+        if rows.shape[0] != len(users):
+            if len(users) and (users.min() < 0 or users.max() >= rows.shape[0]):
+                raise ValueError(f"user_items has {rows.shape[0]} rows for {len(users)} userid(s) up to "
+                                 f"{users.max()}; expected one row per userid, or the matrix the userid rows index")
+            rows = rows[users]
+        ids, scores = self.recommend(rows, n, bool(filter_already_liked_items))
+        return (ids[0], scores[0]) if scalar else (ids, scores)
+
+    def align(self, data, *, user: str = "user", item: str = "item", rating: str | bool | None = None) -> Interactions:
+        """Histories (a frame or Interactions with raw ids) as rows over this model's items.
+
+        Entries of items the model does not know are dropped and counted in an
+        :class:`~aerec.data.catalogue.UnknownIdsWarning`; the users' raw ids are kept.
+        """
+        self.check_fitted()
+        return align_to_catalogue(data, self.item_ids_, user=user, item=item, rating=rating)[0]
 
     def recommend_batches(self, user_items, n: int = 10, filter_already_liked_items: bool = True,
                           batch_rows: int | None = None, memory_budget: int | None = None):
@@ -184,12 +271,89 @@ class Recommender:
     def check_user_items(self, user_items) -> sp.csr_matrix:
         """Validate rows passed to score/recommend: fitted model, sparse, the fitted number of items."""
         self.check_fitted()
+        if isinstance(user_items, pd.DataFrame) or (isinstance(user_items, Interactions)
+                                                    and not self._in_catalogue_order(user_items)):
+            user_items = self.align(user_items)
         rows = as_csr(user_items, "user_items")
         if rows.shape[1] != self.n_items_:
             raise ValueError(
                 f"user_items has {rows.shape[1]} columns; expected {self.n_items_}, the items this model was fitted on"
             )
         return rows
+
+    def _in_catalogue_order(self, interactions: Interactions) -> bool:
+        """Whether the columns of ``interactions`` are this model's items as they are (no lining up by id)."""
+        ids, own = np.asarray(interactions.item_ids), np.asarray(self.item_ids_)
+        if len(ids) != len(own):
+            return False
+        bare = np.issubdtype(ids.dtype, np.integer) and np.array_equal(ids, np.arange(len(ids)))
+        return ids is own or bare or np.array_equal(ids, own)
+
+    # -- representations ----------------------------------------------------------------
+    def item_embeddings(self) -> np.ndarray:
+        """One float32 vector per item, shape (n_items, dimensions), rows in the order of ``item_ids_``."""
+        raise TypeError(f"{type(self).__name__} learns no item representation; item_embeddings and similar_items "
+                        "need EASE, DLAE, EDLAE, ALS, BPR or an autoencoder")
+
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """One float32 vector per row of ``user_items`` (folded in), shape (n_rows, dimensions)."""
+        raise TypeError(f"{type(self).__name__} learns no user representation; user_embeddings needs ALS, BPR or "
+                        "an autoencoder")
+
+    #: The measures :meth:`similar_items` takes; the first is its default.
+    similarity_metrics: tuple = ("cosine", "dot")
+
+    def similar_items(self, item_ids, n: int = 10, metric: str | None = None, items=None) -> pd.DataFrame:
+        """The ``n`` items closest to each of ``item_ids`` (raw ids).
+
+        Parameters
+        ----------
+        item_ids : raw id or list of raw ids
+            Items of the model's catalogue (``item_ids_``); an unknown id is a ValueError naming it.
+        n : int
+            Neighbours per item (the item itself is never its own neighbour).
+        metric : str, optional
+            One of the model's :attr:`similarity_metrics`, by default its first: ``"cosine"``
+            between :meth:`item_embeddings` (an all-zero vector is similar to nothing), ``"dot"``
+            their inner product; the item-item models (EASE, DLAE, EDLAE) default to ``"weight"``,
+            item ``j``'s neighbours being the items whose presence scores it most (its column of ``B``).
+        items : list of raw ids, optional
+            The items neighbours are drawn from (implicit's ``items=``), for instance those with
+            enough interactions for their vectors to have been learned; default: the whole catalogue.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``item, similar_item, rank, score`` in raw ids, best first per item.
+        """
+        self.check_fitted()
+        metric = self.similarity_metrics[0] if metric is None else metric
+        if metric not in self.similarity_metrics:
+            raise ValueError(f"metric={metric!r}; expected one of {self.similarity_metrics} for {type(self).__name__}")
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= self.n_items_ - 1:
+            raise ValueError(f"n={n!r}; expected an integer from 1 to {self.n_items_ - 1}, the other items of the "
+                             "catalogue")
+        columns = catalogue_index(self.item_ids_, item_ids)
+        scores = self.item_similarities(columns, metric).float().cpu()
+        if items is not None:
+            allowed = torch.zeros(self.n_items_, dtype=torch.bool)
+            allowed[torch.from_numpy(catalogue_index(self.item_ids_, items))] = True
+            scores[:, ~allowed] = -torch.inf
+        scores[torch.arange(len(columns)), torch.from_numpy(columns)] = -torch.inf  # not its own neighbour
+        ids, best = top_n(scores, None, int(n))  # the ranking every recommend goes through
+        found = torch.isfinite(best).numpy().ravel()  # fewer than n items allowed: the rest is left out
+        item_ids = np.asarray(self.item_ids_)
+        return pd.DataFrame({"item": np.repeat(item_ids[columns], n)[found],
+                             "similar_item": item_ids[ids.numpy()].ravel()[found],
+                             "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(columns))[found],
+                             "score": best.numpy().ravel()[found]})
+
+    def item_similarities(self, columns: np.ndarray, metric: str) -> torch.Tensor:
+        """Similarities (len(columns), n_items) of the items at ``columns`` to every item, by ``metric``."""
+        vectors = torch.from_numpy(np.ascontiguousarray(self.item_embeddings(), dtype=np.float32))
+        if metric == "cosine":
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+        return vectors[torch.from_numpy(columns)] @ vectors.T
 
     def ranking_validation(self, validation, k: int = 100):
         """A ``validate(module) -> NDCG@k`` function for the training loop's early stopping, or None.
@@ -249,6 +413,10 @@ def _same(value, default) -> bool:
         return type(value) is type(default) and bool(value == default)
     except (TypeError, ValueError):
         return value is default
+
+
+def _is_matrix(value) -> bool:
+    return sp.issparse(value) or isinstance(value, Interactions)
 
 
 def as_csr(data, name: str) -> sp.csr_matrix:

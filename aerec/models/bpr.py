@@ -98,5 +98,14 @@ class BPR(Recommender):
             loss.backward()
             optimizer.step()
 
+    def item_embeddings(self) -> np.ndarray:
+        """implicit's item factors (the last column is the item bias), (n_items, factors + 1) float32."""
+        self.check_fitted()
+        return self.item_factors_.float().cpu().numpy()
+
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """The rows' folded-in user factors (:meth:`user_factors`; the last column is the bias's 1), float32."""
+        return self.user_factors(user_items).float().cpu().numpy()
+
     def score_tensor(self, user_items) -> torch.Tensor:
         return self.user_factors(user_items) @ self.item_factors_.T

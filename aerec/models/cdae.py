@@ -290,29 +290,40 @@ class CDAE(TorchRecommender):
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
         parts = []
-        for start in range(0, rows.shape[0], SCORE_BATCH):
-            batch = binary_rows(rows[start:start + SCORE_BATCH])
-            observed = csr_to_dense_tensor(batch, device, dtype=torch.bool)
-            with torch.no_grad():
-                base = module.encoder(csr_to_sparse_tensor(batch, device))
-            vectors = self._fold_in(module, base, observed)
+        for base, vectors in self._folded_in(rows):
             with torch.no_grad():
                 parts.append(module.decode(base + vectors))
-        if not parts:
-            return torch.empty(0, self.n_items_, device=device)
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else torch.empty(0, self.n_items_, device=device)
 
     def user_vectors(self, user_items) -> torch.Tensor:
         """The folded-in user vectors (n_rows, hidden) of the given rows (zeros for ``fold_in="zero"``)."""
+        parts = [vectors for _, vectors in self._folded_in(self.check_user_items(user_items))]
+        return torch.cat(parts) if parts else torch.empty(0, self.hidden, device=self._module_and_device()[1])
+
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """The hidden layer ``h(W^T x + V_u + b)`` (n_rows, hidden) of the given rows, ``V_u`` folded in."""
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
-        parts = []
+        parts = [module.hidden_activation(base + vectors).detach() for base, vectors in self._folded_in(rows)]
+        return (torch.cat(parts) if parts else torch.empty(0, self.hidden, device=device)).float().cpu().numpy()
+
+    def item_embeddings(self, layer: str = "input") -> np.ndarray:
+        """One vector per item, (n_items, hidden), float32: ``"input"``, its column of ``W`` (what a like of
+        it adds to the hidden layer); ``"output"``, its row of ``W'`` (the vector its score is read from)."""
+        self.check_fitted()
+        if layer not in ("input", "output"):
+            raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
+        weight = self.module_.encoder.weight.T if layer == "input" else self.module_.decoder.weight
+        return weight.detach().float().cpu().contiguous().numpy()
+
+    def _folded_in(self, rows: sp.csr_matrix):
+        """``(W^T x + b, V_u)`` for each batch of the (checked) rows, ``V_u`` folded in."""
+        module, device = self._module_and_device()
         for start in range(0, rows.shape[0], SCORE_BATCH):
             batch = binary_rows(rows[start:start + SCORE_BATCH])
             with torch.no_grad():
                 base = module.encoder(csr_to_sparse_tensor(batch, device))
-            parts.append(self._fold_in(module, base, csr_to_dense_tensor(batch, device, dtype=torch.bool)))
-        return torch.cat(parts) if parts else torch.empty(0, self.hidden, device=device)
+            yield base, self._fold_in(module, base, csr_to_dense_tensor(batch, device, dtype=torch.bool))
 
     def score_known_users(self, users, user_items) -> np.ndarray:
         """Scores (as :meth:`score`) of training users from their learned ``V_u`` instead of a fold-in.

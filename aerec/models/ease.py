@@ -66,6 +66,19 @@ class EASE(Recommender):
             self.weights_ = zero_diagonal_weights(gram)  # B_ij = -P_ij / P_jj, diag(B) = 0
         self.device_ = device
 
+    similarity_metrics = ("weight", "cosine", "dot")
+
+    def item_similarities(self, columns: np.ndarray, metric: str) -> torch.Tensor:
+        """``"weight"``: item ``j``'s column of ``B``; else as :meth:`Recommender.item_similarities`."""
+        if metric == "weight":
+            return self.weights_[:, torch.from_numpy(columns).to(self.weights_.device)].T
+        return super().item_similarities(columns, metric)
+
+    def item_embeddings(self) -> np.ndarray:
+        """Item ``j``'s column of ``B`` (how every item's presence scores ``j``), (n_items, n_items) float32."""
+        self.check_fitted()
+        return self.weights_.T.float().cpu().contiguous().numpy()
+
     def score_tensor(self, user_items) -> torch.Tensor:
         rows = self.check_user_items(user_items)
         return torch.sparse.mm(csr_to_sparse_tensor(rows, self.device_), self.weights_)

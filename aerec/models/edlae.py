@@ -184,6 +184,24 @@ class DLAE(Recommender):
         return start.to(like.device)
 
     # -- scoring ---------------------------------------------------------------------------
+    similarity_metrics = ("weight", "cosine", "dot")
+
+    def item_similarities(self, columns: np.ndarray, metric: str) -> torch.Tensor:
+        """``"weight"``: item ``j``'s column of ``B`` (``U v_j`` at low rank); else as the base class."""
+        if metric != "weight":
+            return super().item_similarities(columns, metric)
+        if self.weights_ is not None:
+            return self.weights_[:, torch.from_numpy(columns).to(self.weights_.device)].T
+        u, v = self.factors_
+        return (u @ v[torch.from_numpy(columns).to(v.device)].T).T
+
+    def item_embeddings(self) -> np.ndarray:
+        """Full rank: item ``j``'s column of ``B``, (n_items, n_items); low rank (``B = U V^T``): its row of
+        ``V``, (n_items, rank), the vector its score is read from. float32."""
+        self.check_fitted()
+        weight = self.weights_.T if self.weights_ is not None else self.factors_[1]
+        return weight.float().cpu().contiguous().numpy()
+
     def score_tensor(self, user_items) -> torch.Tensor:
         rows = csr_to_sparse_tensor(self.check_user_items(user_items), self.device_)
         if self.weights_ is not None:

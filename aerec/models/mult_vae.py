@@ -172,6 +172,12 @@ class _MultAutoencoder(TorchRecommender):
         weight = linear.weight.detach().float().cpu()
         return (weight.T if layer == "input" else weight).contiguous().numpy()
 
+    def embed_batch(self, module: _MultNet, batch: RowBatch) -> torch.Tensor:
+        """The code layer (rows, latent): Mult-DAE's tanh code, Mult-VAE's posterior mean."""
+        if isinstance(module, MultVAENet):
+            return module.encode(batch.sparse)[0]
+        return module.encoder(module.encoder_input(batch.sparse))
+
 
 class MultDAE(_MultAutoencoder):
     """Mult-DAE (Liang et al. 2018): a denoising autoencoder with a multinomial likelihood.

@@ -278,3 +278,7 @@ class RecVAE(TorchRecommender):
             raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
         weight = (self.module_.encoder.linears[0].weight.T if layer == "input" else self.module_.decoder.weight)
         return weight.detach().float().cpu().contiguous().numpy()
+
+    def embed_batch(self, module: RecVAENet, batch: RowBatch) -> torch.Tensor:
+        """The posterior mean (rows, latent) of each row."""
+        return module.encode(batch.sparse, dropout=False)[0]

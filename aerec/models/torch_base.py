@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 
@@ -154,18 +155,31 @@ class TorchRecommender(Recommender):
     # -- scoring -----------------------------------------------------------------------------
     def score_tensor(self, user_items) -> torch.Tensor:
         """Scores (rows, n_items) of the given users' rows, in batches of ``score_batch_rows``, in eval mode."""
+        return self.map_batches(user_items, self.score_batch)
+
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """The code of each row, folded in with the module in eval mode (:meth:`embed_batch`), float32."""
+        return self.map_batches(user_items, self.embed_batch, 0).float().cpu().numpy()
+
+    def embed_batch(self, module: torch.nn.Module, batch: RowBatch) -> torch.Tensor:
+        """The code (rows, dimensions) of one batch of rows, the module in eval mode."""
+        raise TypeError(f"{type(self).__name__} names no code of a user; user_embeddings needs a model that does")
+
+    def map_batches(self, user_items, function, empty_width: int | None = None) -> torch.Tensor:
+        """``function(module, batch)`` over the rows in batches of ``score_batch_rows``, in eval mode, concatenated
+        (no rows: an empty tensor ``empty_width`` wide, by default the catalogue's)."""
         rows = self.check_user_items(user_items)
         module = self.module_
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad():
-                parts = [self.score_batch(module, batch)
-                         for batch in iter_row_batches(rows, self.score_batch_rows, self.device_)]
+                batches = iter_row_batches(rows, self.score_batch_rows, self.device_)
+                parts = [function(module, batch) for batch in batches]
         finally:
             module.train(was_training)
         if not parts:
-            return torch.empty((0, self.n_items_), device=self.device_)
+            return torch.empty((0, self.n_items_ if empty_width is None else empty_width), device=self.device_)
         return torch.cat(parts)
 
 
