@@ -93,10 +93,20 @@ class Choice:
         return self.values
 
     def suggest(self, trial, name: str):
-        # Optuna's categorical values are None, bool, int, float or str: a tuple is drawn by its index
-        if any(isinstance(v, tuple) for v in self.values):
-            return self.values[trial.suggest_categorical(name, list(range(len(self.values))))]
-        return trial.suggest_categorical(name, list(self.values))
+        return self.value(trial.suggest_categorical(name, self.optuna_choices()))
+
+    @property
+    def by_index(self) -> bool:
+        """Whether Optuna draws (and stores) the index of a value: its categories cannot hold tuples."""
+        return any(isinstance(v, tuple) for v in self.values)
+
+    def optuna_choices(self) -> list:
+        """The categories Optuna draws from: the values, or their indices when a value is a tuple."""
+        return list(range(len(self.values))) if self.by_index else list(self.values)
+
+    def value(self, drawn):
+        """The value behind what Optuna drew and stored (an index when :attr:`by_index`)."""
+        return self.values[drawn] if self.by_index else drawn
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Choice) and self.values == other.values
@@ -109,6 +119,12 @@ class Choice:
 
 
 SearchEntry = FloatRange | IntRange | Choice
+
+
+def trial_params(space: dict, stored: dict) -> dict:
+    """A trial's parameters as the model takes them, from what Optuna stored (a tuple choice's index -> the tuple)."""
+    return {name: space[name].value(value) if isinstance(space.get(name), Choice) else value
+            for name, value in stored.items()}
 
 
 def check_search_space(model_cls, space: dict, where: str = "") -> None:

@@ -34,7 +34,7 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             record[package] = None
     record["git_commit"] = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "aerec")  # the library's code, not results
     record["git_dirty_files"] = None if dirty is None else dirty.splitlines()
     return record
 

@@ -1,4 +1,4 @@
-"""The report's plots, one set per dataset (matplotlib, ``pip install aerec[plots]``).
+"""The report's plots, one set per dataset (matplotlib, ``pip install matplotlib``; without it, no plots).
 
 - ``metrics_<dataset>.png``: each reported metric per model, the mean over seeds with its
   95% t interval (and each seed's value as a dot);
@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from aerec.benchmark.protocols import LOWER_IS_BETTER
 
 __all__ = ["write_plots"]
 
@@ -39,7 +41,8 @@ def write_plots(summary: dict, cells: dict, out_dir: str | Path) -> list[Path]:
             paths.append(_lines(plt, out / f"validation_curves_{dataset}.png", curves, seeds,
                                 f"{dataset}: the chosen trial's validation {summary['tuning']['metric']} per epoch",
                                 "epoch", summary["tuning"]["metric"], start=1))
-        history = {label: [_best_so_far(cells[(dataset, int(seed), label)].get("tuning_history") or [])
+        lower = summary["tuning"]["metric"] in LOWER_IS_BETTER
+        history = {label: [_best_so_far(cells[(dataset, int(seed), label)].get("tuning_history") or [], lower)
                            for seed in seeds] for label in labels}
         history = {label: runs for label, runs in history.items() if any(len(run) > 1 for run in runs)}
         if history:
@@ -49,10 +52,10 @@ def write_plots(summary: dict, cells: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _best_so_far(values: list) -> list:
+def _best_so_far(values: list, lower_is_better: bool = False) -> list:
     best, out = None, []
     for value in values:
-        if value is not None and (best is None or value > best):
+        if value is not None and (best is None or (value < best if lower_is_better else value > best)):
             best = value
         out.append(np.nan if best is None else best)
     return out

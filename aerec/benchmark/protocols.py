@@ -46,6 +46,7 @@ class CellData:
     train: object  # Interactions the model is fitted on
     validation: object  # what ``fit(validation=...)`` takes: (fold_in, heldout) Interactions, or ratings
     test: tuple  # (fold_in, heldout) matrices for a ranking protocol; (test ratings,) for "ratings"
+    test_user_ids: object = None  # the raw id of each row of the test matrices (None: not known)
 
 
 def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
@@ -60,10 +61,10 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
             params["threshold"] = None
         split = strong_generalization(data, int(n_heldout), seed=int(seed), **params)
         return CellData(split, split.train, (split.validation_fold_in, split.validation_heldout),
-                        (split.test_fold_in.matrix, split.test_heldout.matrix))
+                        (split.test_fold_in.matrix, split.test_heldout.matrix), split.test_fold_in.user_ids)
     if name == "ratings":
         split = random_holdout(data, seed=int(seed), **params)
-        return CellData(split, split.train, split.validation, (split.test.matrix,))
+        return CellData(split, split.train, split.validation, (split.test.matrix,), split.test.user_ids)
     if name == "per_user":
         split = per_user_holdout(data, seed=int(seed), **params)
     else:
@@ -72,7 +73,8 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
                             f"{dataset.name!r} has none")
         split = temporal_holdout(data, **params)
     known = (split.train.matrix + split.validation.matrix).tocsr()
-    return CellData(split, split.train, (split.train, split.validation), (known, split.test.matrix))
+    return CellData(split, split.train, (split.train, split.validation), (known, split.test.matrix),
+                    split.test.user_ids)
 
 
 def validation_value(model, cell: CellData, metric: str) -> float:
@@ -85,7 +87,7 @@ def validation_value(model, cell: CellData, metric: str) -> float:
 
 
 def test_scores(model, cell: CellData, metrics) -> tuple[dict, dict, np.ndarray]:
-    """(metrics, per-user values of each metric, the users' rows) on the test part."""
+    """(metrics, per-user values of each metric, the users' rows in the test matrices) on the test part."""
     if len(cell.test) == 1:
         return rating_errors(model, cell.test[0], metrics)
     ks = sorted({int(m.partition("@")[2]) for m in metrics})

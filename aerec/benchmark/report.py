@@ -5,8 +5,11 @@ seeds of every metric; the parameters chosen per seed, fit seconds and trials; a
 the paired tests (Wilcoxon and t, Holm-adjusted across models, :mod:`aerec.benchmark.stats`)
 of every model against the best one and against the spec's named baseline, on the
 per-user values of the primary metric (the tuning metric when it is reported, else the
-first metric), users of all seeds pooled (every model is scored on the same test
-users of a seed). Written as JSON, CSV and markdown.
+first metric): every model is scored on the same test users of a seed (checked), and a
+user who is a test user under several seeds counts once, with the mean of their values
+over those seeds (the per-user and ratings protocols test almost every user under every
+seed: pooling the seeds' values as separate users would overstate the evidence).
+Written as JSON, CSV and markdown.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05, environment
            "splits": {dataset.name: {str(seed): cells[(dataset.name, int(seed), spec.models[0].label)].get("split")
                                      for seed in spec.seeds} for dataset in spec.datasets}}
     for dataset in spec.datasets:
-        models, per_user = {}, {}
+        models = {}
+        per_user = per_user_means(spec, dataset.name, cells, primary)
         for model in spec.models:
             runs = [cells[(dataset.name, int(seed), model.label)] for seed in spec.seeds]
             fits = [r["fit_seconds"] for r in runs if r.get("fit_seconds") is not None]
@@ -53,7 +57,6 @@ def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05, environment
                                    "epoch_seconds": mean_of(runs, "epoch_seconds"),
                                    "tuning_seconds": mean_of(runs, "tuning_seconds"),
                                    "peak_rss_bytes": max(r.get("peak_rss_bytes") or 0 for r in runs) or None}
-            per_user[model.label] = np.concatenate([np.asarray(r["per_user"][primary]) for r in runs])
         sign = -1.0 if primary in LOWER_IS_BETTER else 1.0  # RMSE and MAE: the smallest is the best
         best = max(models, key=lambda label: sign * models[label]["metrics"][primary]["mean"])
         block = {"models": models, "best": best, "against_best": compare(per_user, best, alpha)}
@@ -62,6 +65,46 @@ def summarize(spec: BenchmarkSpec, cells: dict, alpha: float = 0.05, environment
             block["against_baseline"] = compare(per_user, spec.baseline, alpha)
         out["datasets"][dataset.name] = block
     return out
+
+
+def per_user_means(spec: BenchmarkSpec, dataset: str, cells: dict, metric: str) -> dict:
+    """Each model's per-user ``metric``, one value per test user: the mean over the seeds where the user is tested.
+
+    Users are known by their raw ids (``user_ids``); where no cell of a seed kept them (cells recorded
+    before they were), only rows are known, and the seed's users count as distinct from other seeds'.
+    Every model's cell of a seed must hold the same split and test users (rows, and ids where both
+    kept them) as the first model's: a ValueError names the cells otherwise (a data file changed
+    between runs, say).
+    """
+    first = spec.models[0].label
+    position: dict = {}
+    keys_of_seed = {}
+    for seed in spec.seeds:
+        seed_cells = {model.label: cells[(dataset, int(seed), model.label)] for model in spec.models}
+        reference = seed_cells[first]
+        for label, cell in seed_cells.items():
+            ids = (cell.get("user_ids"), reference.get("user_ids"))
+            if (cell.get("split") != reference.get("split") or cell.get("users") != reference.get("users")
+                    or (None not in ids and ids[0] != ids[1])):
+                raise ValueError(f"cells {(dataset, int(seed), label)} and {(dataset, int(seed), first)} were "
+                                 "scored on different splits or test users; expected one split per dataset and seed "
+                                 "(did the data change between runs?): run one of them again")
+        with_ids = next((cell["user_ids"] for cell in seed_cells.values() if cell.get("user_ids") is not None), None)
+        keys = ([("id", user) for user in with_ids] if with_ids is not None
+                else [("row", int(seed), row) for row in reference["users"]])
+        keys_of_seed[seed] = keys
+        for key in keys:
+            position.setdefault(key, len(position))
+    means = {}
+    for model in spec.models:
+        sums, counts = np.zeros(len(position)), np.zeros(len(position))
+        for seed in spec.seeds:
+            cell = cells[(dataset, int(seed), model.label)]
+            index = np.array([position[key] for key in keys_of_seed[seed]], dtype=np.int64)
+            np.add.at(sums, index, np.asarray(cell["per_user"][metric], dtype=np.float64))
+            np.add.at(counts, index, 1)
+        means[model.label] = sums / counts
+    return means
 
 
 def mean_of(runs: list, key: str) -> float | None:
@@ -89,11 +132,14 @@ def markdown(summary: dict) -> str:
     primary, metrics = summary["primary"], summary["metrics"]
     text = [f"# Benchmark {summary['spec']}\n",
             f"Seeds {', '.join(map(str, summary['seeds']))}; tuning: {summary['tuning']['sampler']} sampler, "
-            f"{summary['tuning']['trials']} trials"
-            + (f" / {summary['tuning']['seconds']:g} s" if summary['tuning']['seconds'] else "")
+            + " / ".join(part for part in (summary["tuning"]["trials"] and f"{summary['tuning']['trials']} trials",
+                                           summary["tuning"]["seconds"] and f"{summary['tuning']['seconds']:g} s "
+                                                                            "of fitting") if part)
             + f" per model and cell, on validation {summary['tuning']['metric']}. Metrics on the test users: mean ± "
               "sd [95% t interval] over the seeds. \"vs best\" / \"vs baseline\": mean per-user difference in "
-              f"{primary} and Wilcoxon's p, Holm-adjusted across models; * below {summary['alpha']:g}.\n"]
+              f"{primary} (a user tested under several seeds counts once, with their mean) and Wilcoxon's p, "
+              f"Holm-adjusted across models; * below {summary['alpha']:g}. The best is the model with the best "
+              "test mean, so \"vs best\" is descriptive; \"vs baseline\" is the planned comparison.\n"]
     for dataset, block in summary["datasets"].items():
         headers = ["model", *metrics, "vs best", "vs baseline", "chosen (per seed)", "fit s", "s/epoch", "tuning s",
                    "peak MiB", "trials"]
@@ -190,6 +236,8 @@ def per_user_frame(cells: dict):
     for (dataset, seed, label), record in sorted(cells.items()):
         frame = pd.DataFrame({"dataset": dataset, "seed": seed, "model": label,
                               "test_user_row": np.asarray(record["users"], dtype=np.int64)})
+        if record.get("user_ids") is not None:  # raw ids, kept by cells run since they were recorded
+            frame["user_id"] = pd.Series(record["user_ids"]).astype(str)
         for metric, values in record["per_user"].items():
             frame[metric] = np.asarray(values, dtype=np.float64)
         frames.append(frame)
@@ -211,7 +259,7 @@ def write_report(summary: dict, out_dir: str | Path, cells: dict | None = None, 
                 from aerec.benchmark.plots import write_plots
 
                 drawn = write_plots(summary, cells, out)
-            except ImportError:  # matplotlib is optional: pip install aerec[plots]
+            except ImportError:  # matplotlib is optional: pip install matplotlib
                 drawn = []
             summary = {**summary, "plots": [path.name for path in drawn]}
             paths += drawn

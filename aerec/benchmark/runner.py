@@ -1,12 +1,14 @@
-"""Run a benchmark spec: one Optuna study per cell (dataset, split seed, model), kept in one SQLite file.
+"""Run a benchmark spec: one Optuna study per cell (dataset, split seed, model), kept in one store (a SQLite file
+or a database server's URL).
 
 Each cell tunes its model on the validation part of its protocol's split
 (:mod:`aerec.benchmark.protocols`: strong, per_user, temporal, ratings) with the spec's
-sampler and the same budget for every model (``trials`` and/or ``seconds``), pruning
+sampler and the same budget for every model (``trials`` and/or ``seconds`` of fitting: what the
+trials' fits took, their validation scoring left out), pruning
 hopeless trials from the per-epoch validation curve (models trained by epochs, when the
 tuning metric is the loop's own: NDCG@100, or RMSE for rating models); the best trial's
 model is scored once on the test part. The store is Optuna's RDB storage plus tables of
-ours in the same SQLite file: the spec it was made for, the finished cells (their test
+ours in the same database: the spec it was made for, the finished cells (their test
 metrics and per-user values), the workers' claims and environments. Run again with the
 same command after a kill, a run recomputes nothing that finished: finished cells are
 read back, a cell's completed trials stay in its study and only the missing ones run (a
@@ -44,8 +46,9 @@ from aerec.data import (
     read_csv,
     read_parquet,
 )
+from aerec.data.readers import file_header, optional_columns
 from aerec.models import make_model
-from aerec.search_space import Choice
+from aerec.search_space import Choice, trial_params
 
 __all__ = ["read_environments", "read_store", "run_benchmark", "spec_fingerprint"]
 
@@ -120,8 +123,8 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
         if done is not None:
             store.release(key)
             return done
-        forget_cell(store, storage, key, log)  # a cell of the spec before an allowed change
-        done = {**run_cell(spec, model, split(), seed, storage, key, log), "cell": made_for}
+        forget_cell(store, storage, key, log, made_for)  # a cell of the spec before an allowed change
+        done = {**run_cell(spec, model, split(), seed, storage, key, log, made_for), "cell": made_for}
         store.write_cell(key, done)
         return done
 
@@ -162,7 +165,7 @@ def run_workers(spec: BenchmarkSpec, table, store: Store, jobs: int, log, progre
     store.close()
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the cores this process may use (taskset, cgroups)
     workers = [context.Process(target=worker_main, args=(spec, table, store.location, threads, messages), daemon=True)
                for _ in range(jobs - 1)]
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
@@ -334,14 +337,25 @@ def current(record: dict | None, made_for: str) -> dict | None:
     return record if record is not None and record.get("cell", made_for) == made_for else None
 
 
-def forget_cell(store: Store, storage, key, log) -> None:
-    """Remove a cell's record and study left by the spec before an allowed change (nothing when there is none)."""
+def forget_cell(store: Store, storage, key, log, made_for: str) -> None:
+    """Remove a cell's record and its study, left by the spec before an allowed change.
+
+    A cell a killed run left half-tuned has a study and no record: its trials were drawn for the old
+    entries (another space, metric or direction), so that study goes too.
+    """
     import optuna
 
-    if store.read_cell(key) is None:
-        return
-    log(f"{key}: its entries in the spec changed: run again")
-    store.delete_cell(key)
+    if store.read_cell(key) is not None:
+        log(f"{key}: its entries in the spec changed: run again")
+        store.delete_cell(key)
+    else:
+        try:
+            study = optuna.load_study(study_name="/".join(map(str, key)), storage=storage)
+        except KeyError:
+            return  # no study: a cell never started
+        if study.user_attrs.get("cell") == made_for:
+            return  # half-tuned for this very spec: resumed
+        log(f"{key}: a half-tuned study of the spec before a change: tuned again")
     try:
         optuna.delete_study(study_name="/".join(map(str, key)), storage=storage)
     except KeyError:
@@ -354,7 +368,12 @@ def load_data(dataset):
         data = load_movielens(dataset.name)
     else:
         reader = read_parquet if dataset.path.endswith(".parquet") else read_csv
-        data = reader(dataset.path, **dataset.columns)
+        # a rating (timestamp) column not named in the spec is read where the file has one called "rating"
+        # ("timestamp"), as aerec train reads files; rating = false in the spec reads none (every entry 1.0)
+        named = {role: column for role, column in dataset.columns.items() if column is not False}
+        found = optional_columns(file_header(dataset.path))
+        columns = {**{role: found[role] for role in found if role not in dataset.columns}, **named}
+        data = reader(dataset.path, **columns)
     if dataset.binarize is not None:
         data = binarize(data, threshold=float(dataset.binarize))
     if dataset.min_user or dataset.min_item:
@@ -363,7 +382,7 @@ def load_data(dataset):
 
 
 # -- one cell -------------------------------------------------------------------------------------
-def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, log) -> dict:
+def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, log, made_for: str | None = None) -> dict:
     """Tune one model on one split's validation part (:func:`tune`), then score the chosen model on its test part.
 
     A trial a killed run left RUNNING is marked FAIL with the user attribute ``interrupted`` (it did not
@@ -374,6 +393,8 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
     study = optuna.create_study(study_name="/".join(map(str, key)), storage=storage, sampler=None,
                                 direction="minimize" if spec.tuning.metric in LOWER_IS_BETTER else "maximize",
                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=5), load_if_exists=True)
+    if made_for is not None and "cell" not in study.user_attrs:
+        study.set_user_attr("cell", made_for)  # what an allowed spec change compares a half-tuned study with
     redone = mark_interrupted(study)
     if redone:
         log(f"{key}: {redone} trial(s) cut off by a stopped run, redone")
@@ -384,9 +405,12 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
     counted = counted_trials(study)
     states = [t.state.name for t in counted]
     epoch_seconds = [s for s in best.user_attrs.get("epoch_seconds", []) if s is not None]
-    record = {"params": {**model_spec.fixed, **best.params}, "validation": best.value,
+    chosen = trial_params(model_spec.space, best.params)
+    record = {"params": {**model_spec.fixed, **chosen}, "validation": best.value,
               "test": test, "per_user": {m: values.tolist() for m, values in per_user.items()},
               "users": users.tolist(),
+              # the raw ids behind those rows: a user tested under several seeds is one user in the paired tests
+              "user_ids": None if split.test_user_ids is None else np.asarray(split.test_user_ids)[users].tolist(),
               "trials": {state: states.count(state) for state in sorted(set(states))},
               "interrupted": sum(1 for t in study.trials if t.user_attrs.get("interrupted")),
               "best_trial": [t.number for t in counted].index(best.number),  # kills left out
@@ -399,7 +423,7 @@ def run_cell(spec: BenchmarkSpec, model_spec, split, seed: int, storage, key, lo
                                     for t in counted),  # fits and validation scoring
               "final_seconds": final_seconds,  # the test scoring (and a refit after a restart)
               "peak_rss_bytes": max((t.user_attrs.get("peak_rss_bytes") or 0 for t in counted), default=0) or None}
-    log(f"{key}: {record['trials']} trials, chosen {best.params}, validation {best.value:.4f}, test "
+    log(f"{key}: {record['trials']} trials, chosen {chosen}, validation {best.value:.4f}, test "
         + ", ".join(f"{m} {record['test'][m]:.4f}" for m in spec.metrics))
     return record
 
@@ -420,15 +444,20 @@ def tune(study, tuning, model_spec, cell, seed: int, name: str):
     kept = {}
 
     def objective(trial):
-        params = {param: entry.suggest(trial, param) for param, entry in model_spec.space.items()}
-        model = build_model(model_spec, params, seed)
-        callbacks = ()
-        if tuning.pruning and tuning.metric in ("ndcg@100", "rmse") and hasattr(model, "batch_loss"):
-            callbacks = (pruning_callback(trial),)
         reset_peak_memory()
         start = time.perf_counter()
-        try:
+        try:  # a trial that fails while being built still spends time (a seconds budget must end)
+            params = {param: entry.suggest(trial, param) for param, entry in model_spec.space.items()}
+            model = build_model(model_spec, params, seed)
+            callbacks = ()
+            if tuning.pruning and tuning.metric in ("ndcg@100", "rmse") and hasattr(model, "batch_loss"):
+                callbacks = (pruning_callback(trial),)
             model.fit(cell.train, validation=cell.validation, callbacks=callbacks)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:  # kept with the trial: Optuna only logs why a trial failed
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:300])
+            raise
         finally:
             trial.set_user_attr("fit_seconds", time.perf_counter() - start)
             trial.set_user_attr("peak_rss_bytes", peak_memory())
@@ -448,18 +477,27 @@ def tune(study, tuning, model_spec, cell, seed: int, name: str):
         if (budget is not None and len(counted) >= budget) or (tuning.seconds is not None
                                                                and spent >= tuning.seconds):
             break
+        recent = counted[-FAILURES_IN_A_ROW:]
+        if len(recent) == FAILURES_IN_A_ROW and all(t.state == optuna.trial.TrialState.FAIL for t in recent):
+            reasons = sorted({t.user_attrs.get("error", "") for t in recent})
+            raise RuntimeError(f"{name}: the last {FAILURES_IN_A_ROW} trials failed (fix the space or the fixed "
+                               f"parameters): {reasons[:3]}")
         study.sampler = cell_sampler(tuning, model_spec, seed, len(counted))
         study.optimize(objective, n_trials=1, catch=(Exception,))
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-        failures = [t.system_attrs.get("fail_reason", "") for t in study.trials]
+        failures = [t.user_attrs.get("error", "") for t in study.trials]
         raise RuntimeError(f"{name}: no trial finished; failures: {failures[-3:]}")
     best = study.best_trial
     model = kept["model"] if kept.get("number") == best.number else None
     start = time.perf_counter()
     if model is None:  # the best trial ran before a restart: fit its parameters again
-        model = build_model(model_spec, dict(best.params), seed)
+        model = build_model(model_spec, trial_params(model_spec.space, best.params), seed)
         model.fit(cell.train, validation=cell.validation)
     return best, model, time.perf_counter() - start
+
+
+#: Trials failing one after the other that end a cell with an error (a space whose every draw is refused).
+FAILURES_IN_A_ROW = 10
 
 
 def cell_budget(tuning, model_spec) -> int | None:
@@ -482,7 +520,7 @@ def cell_sampler(tuning, model_spec, seed: int, n_finished: int):
     import optuna
 
     if tuning.sampler == "grid":  # its seed also shuffles the grid's numbering: the same for every trial of a cell
-        return optuna.samplers.GridSampler({p: list(e.values) for p, e in model_spec.space.items()}, seed=int(seed))
+        return optuna.samplers.GridSampler({p: e.optuna_choices() for p, e in model_spec.space.items()}, seed=int(seed))
     trial_seed = int(np.random.SeedSequence([int(seed), n_finished]).generate_state(1)[0])
     if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=trial_seed)

@@ -153,18 +153,30 @@ def parse_spec(table: dict, source: str) -> BenchmarkSpec:
     ranking = protocol.name != "ratings"
     metrics = tuple(_metric(m, ranking, at("metrics")) for m in _list(table.get("metrics", _default_metrics(ranking)),
                                                                          at("metrics")))
+    if len(set(metrics)) != len(metrics):
+        raise SpecError(f"{at('metrics')}: metrics={list(metrics)}; expected each metric once")
     tuning = _tuning(table.get("tuning", {}), ranking, at("[tuning]"))
     seeds = tuple(_value("seeds", s, at("seeds"), SEED) for s in _list(table.get("seeds", [98765]), at("seeds")))
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{at('seeds')}: seeds={list(seeds)}; expected each seed once")
     datasets = tuple(_dataset(d, at(f"[[datasets]] #{i + 1}")) for i, d in enumerate(_list(table["datasets"],
                                                                                          at("datasets"))))
+    names = [dataset.name for dataset in datasets]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SpecError(f"{at('[[datasets]]')}: the name {twice[0]!r} is given to {names.count(twice[0])} datasets "
+                        "(a file's name defaults to its stem); expected one name per dataset: set name = \"...\"")
+    if not ranking:
+        binarized = [dataset.name for dataset in datasets if dataset.binarize is not None]
+        if binarized:
+            raise SpecError(f"{at('[[datasets]]')}: {binarized[0]!r} is binarized for the ratings protocol, which "
+                            "predicts the ratings themselves; expected no binarize")
     models_table = table["models"]
     if not isinstance(models_table, dict) or not models_table:
         raise SpecError(f"{at('[models]')}: expected a table of models, one per label")
     models = tuple(_model(label, entry, ranking, at(f"[models.{label}]")) for label, entry in models_table.items())
     baseline = table.get("baseline")
-    if baseline is not None and baseline not in models_table:
+    if baseline is not None and (not isinstance(baseline, str) or baseline not in models_table):
         raise SpecError(f"{at('baseline')}: baseline={baseline!r}; expected one of the model labels "
                         f"{sorted(models_table)}")
     return BenchmarkSpec(name=str(table.get("name", Path(source).stem)), seeds=seeds, metrics=metrics,
@@ -273,11 +285,17 @@ def _dataset(table, where: str) -> DatasetSpec:
         table = {"name": table}
     _known_keys(table, DATASET_KEYS, where)
     name, path = table.get("name"), table.get("path")
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise SpecError(f"{where}: name={name!r}; expected a non-empty string without '/'")
     if path is None and name not in DATASETS:
         raise SpecError(f"{where}: unknown dataset {name!r}; expected one of {sorted(DATASETS)} or a path")
     if path is not None and not isinstance(path, str):
         raise SpecError(f"{where}: path={path!r}; expected a string")
     columns = {key: table[key] for key in ("user", "item", "rating", "timestamp") if key in table}
+    for key, column in columns.items():
+        if not isinstance(column, str) and not (key in ("rating", "timestamp") and column is False):
+            raise SpecError(f"{where}: {key}={column!r}; expected a column name"
+                            + (" (or false: none)" if key in ("rating", "timestamp") else ""))
     if path is None and columns:
         raise SpecError(f"{where}: column names {sorted(columns)} for the known dataset {name!r}; "
                         "columns are for a file given by path")
@@ -293,7 +311,7 @@ def _dataset(table, where: str) -> DatasetSpec:
 def _model(label: str, table, ranking: bool, where: str) -> ModelSpec:
     _known_keys(table, MODEL_KEYS, where)
     name = table.get("model", label)
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise SpecError(f"{where}: unknown model {name!r}; expected one of {sorted(MODELS)}")
     cls = MODELS[name]
     rates = hasattr(cls, "predict")

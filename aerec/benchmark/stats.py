@@ -49,7 +49,8 @@ def paired_tests(a, b) -> dict:
     """Two-sided Wilcoxon signed-rank and paired t-test of per-user values ``a`` against ``b`` (same users, same order).
 
     Returns ``{"n", "mean_difference", "wilcoxon_p", "t_test_p"}``; where every difference is zero
-    both p-values are 1 (nothing to tell apart).
+    both p-values are 1 (nothing to tell apart); the t-test needs two users (NaN for one), and gives 0
+    where every difference is the same nonzero number (its limit: no variance around a nonzero mean).
     """
     a, b = _finite_vector("a", a), _finite_vector("b", b)
     if a.shape != b.shape:
@@ -58,22 +59,27 @@ def paired_tests(a, b) -> dict:
     if not difference.any():
         return {"n": int(a.size), "mean_difference": 0.0, "wilcoxon_p": 1.0, "t_test_p": 1.0}
     wilcoxon_p = float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
-    t_test_p = float(stats.ttest_rel(a, b).pvalue) if np.ptp(difference) > 0 else 0.0
+    if a.size < 2:
+        t_test_p = math.nan
+    else:
+        t_test_p = float(stats.ttest_rel(a, b).pvalue) if np.ptp(difference) > 0 else 0.0
     return {"n": int(a.size), "mean_difference": float(difference.mean()), "wilcoxon_p": wilcoxon_p,
             "t_test_p": t_test_p}
 
 
 def holm(pvalues: dict) -> dict:
-    """Holm's step-down adjusted p-values, by key: the i-th smallest times (m - i), kept monotone, capped at 1."""
+    """Holm's step-down adjusted p-values, by key: the i-th smallest times (m - i), kept monotone, capped at 1.
+
+    A NaN p-value (no test possible) stays NaN and is not counted in m."""
     for key, p in pvalues.items():
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not (0 <= p <= 1 or math.isnan(p)):
             raise ValueError(f"p-value {key!r}={p!r}; expected a number in [0, 1]")
-    ordered = sorted(pvalues, key=lambda key: pvalues[key])
+    ordered = sorted((key for key in pvalues if not math.isnan(pvalues[key])), key=lambda key: pvalues[key])
     m, running, adjusted = len(ordered), 0.0, {}
     for rank, key in enumerate(ordered):
         running = max(running, min(1.0, (m - rank) * pvalues[key]))
         adjusted[key] = running
-    return {key: adjusted[key] for key in pvalues}
+    return {key: adjusted.get(key, math.nan) for key in pvalues}
 
 
 def compare(per_user: dict, reference: str, alpha: float = 0.05) -> dict:

@@ -24,6 +24,8 @@ import socket
 import time
 from pathlib import Path
 
+from aerec.benchmark.spec import SpecError
+
 __all__ = ["Store", "is_url"]
 
 TABLES = (
@@ -41,6 +43,20 @@ def is_url(location) -> bool:
     return "://" in str(location)
 
 
+def check_store_file(path: Path) -> None:
+    """A SQLite store's path: a SQLite file, or a name to create one under in an existing folder."""
+    if path.is_dir():
+        raise SpecError(f"store {path} is a folder; expected a SQLite file's path (created if missing) or a "
+                        "database URL")
+    if not path.parent.is_dir():
+        raise SpecError(f"store {path}: folder {path.parent} does not exist")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise SpecError(f"store {path} is not a SQLite file (is it the spec?); expected a store made by "
+                                "aerec benchmark run, or a new name")
+
+
 def key_params(key) -> dict:
     return {"dataset": key[0], "seed": int(key[1]), "label": key[2]}
 
@@ -53,9 +69,15 @@ class Store:
 
         self.location = str(location)
         self.path = None if is_url(location) else Path(location)
+        if self.path is not None:
+            check_store_file(self.path)
         self.url = self.location if self.path is None else f"sqlite:///{self.path}"
         sqlite = self.url.startswith("sqlite")
-        self.engine = sqlalchemy.create_engine(self.url, connect_args={"timeout": 60} if sqlite else {})
+        try:
+            self.engine = sqlalchemy.create_engine(self.url, connect_args={"timeout": 60} if sqlite else {})
+        except (ImportError, sqlalchemy.exc.ArgumentError) as error:  # a bad URL, or its driver not installed
+            raise SpecError(f"store {self.location}: {error}; expected a SQLite file's path or a database URL "
+                            "such as postgresql+psycopg2://user@host/db (with its driver installed)") from None
 
     def __repr__(self) -> str:
         return f"Store({self.location!r})"

@@ -121,23 +121,18 @@ def read_table(path: Path, flag: str) -> Interactions:
 
 def reader_columns(path: Path, flag: str) -> dict:
     """Column roles of a generic file, from its header only: user and item required, rating and timestamp when present."""
+    from aerec.data.readers import file_header, optional_columns
+
     try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet
-
-            header = pyarrow.parquet.read_schema(path).names
-        else:
-            import pandas as pd
-
-            header = list(pd.read_csv(path, nrows=0).columns)
+        header = file_header(path)
     except ImportError as exc:
-        raise CliError("reading Parquet needs pyarrow: pip install 'aerec[parquet]'") from exc
-    except Exception as exc:  # any unreadable header is the user's file, reported in one line
-        raise CliError(f"{flag} {path}: cannot read its header: {exc}") from exc
+        raise CliError(str(exc)) from exc
+    except ValueError as exc:
+        raise CliError(f"{flag} {exc}") from exc
     missing = [name for name in ("user", "item") if name not in header]
     if missing:
         raise CliError(f"{flag} {path} has columns {header}; expected user and item (and optionally rating, timestamp)")
-    return {"rating": "rating" if "rating" in header else None, "timestamp": "timestamp" if "timestamp" in header else None}
+    return optional_columns(header)
 
 
 @dataclass
@@ -209,6 +204,7 @@ def tune_on_validation(name: str, params: dict, split: Split, trials: int):
     from aerec.benchmark.runner import counted_trials, tune
     from aerec.benchmark.spec import ModelSpec, TuningSpec
     from aerec.models import MODELS
+    from aerec.search_space import trial_params
 
     check_positive_int("--tune", trials)
     if split.validation is None:
@@ -228,7 +224,8 @@ def tune_on_validation(name: str, params: dict, split: Split, trials: int):
                           split.seed, f"--tune {name}")
     trials_run = counted_trials(study)
     progress(f"tuned {name}: {len(trials_run)} trials, best {metric} {best.value:.4f} on the validation part with "
-             f"{best.params}")
-    record = {"trials": len(trials_run), "metric": metric, "best_validation": best.value, "chosen": best.params,
+             f"{trial_params(space, best.params)}")
+    chosen = trial_params(space, best.params)
+    record = {"trials": len(trials_run), "metric": metric, "best_validation": best.value, "chosen": chosen,
               "space": sorted(space), "history": [t.value for t in trials_run]}
     return model, record

@@ -111,6 +111,25 @@ def read_parquet(path, user: str = "user", item: str = "item", rating: str | Non
     return Interactions.from_pandas(frame, user, item, rating, timestamp, duplicates)
 
 
+def file_header(path) -> list:
+    """The column names of a CSV or Parquet file (its header only; ValueError naming the file if unreadable)."""
+    try:
+        if str(path).endswith(".parquet"):
+            import pyarrow.parquet
+
+            return list(pyarrow.parquet.read_schema(path).names)
+        return list(pd.read_csv(path, nrows=0).columns)
+    except ImportError as exc:
+        raise ImportError("reading Parquet needs pyarrow: pip install 'aerec[parquet]'") from exc
+    except Exception as exc:  # any unreadable header is the user's file, reported in one line
+        raise ValueError(f"{path}: cannot read its header: {exc}") from exc
+
+
+def optional_columns(header, rating: str = "rating", timestamp: str = "timestamp") -> dict:
+    """``{"rating": ..., "timestamp": ...}``: the named columns where the header has them, else None (1.0, no time)."""
+    return {"rating": rating if rating in header else None, "timestamp": timestamp if timestamp in header else None}
+
+
 def load_item_titles(name_or_path, data_dir=None) -> dict:
     """Map raw item id -> title from a MovieLens movies file (u.item, movies.dat or movies.csv)."""
     folder = movielens_ratings_path(name_or_path, data_dir).parent
