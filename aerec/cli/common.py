@@ -18,8 +18,6 @@ from aerec.data import (
     load_movielens,
     per_user_holdout,
     random_holdout,
-    read_csv,
-    read_parquet,
     strong_generalization,
 )
 from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
@@ -103,36 +101,131 @@ def check_device_param(params: dict) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------------
-def load_dataset(name_or_path: str, data_dir, flag: str = "--dataset") -> Interactions:
-    """A known dataset by name, a MovieLens folder or ratings file, or a generic CSV / Parquet file."""
-    path = Path(name_or_path)
-    if name_or_path in DATASETS or path.is_dir() or path.name in ("u.data", "ratings.dat", "ratings.csv"):
-        return load_movielens(name_or_path, data_dir=data_dir)
-    if not path.is_file():
-        raise CliError(f"{flag} {name_or_path!r} is neither a known dataset ({', '.join(DATASETS)}) nor a file")
-    return read_table(path, flag)
+DUPLICATE_FLAGS = ("error", "first", "last", "sum", "mean", "max")
 
 
-def read_table(path: Path, flag: str) -> Interactions:
-    """A generic CSV / Parquet file with user and item columns (rating and timestamp when present)."""
-    reader = read_parquet if path.suffix == ".parquet" else read_csv
-    return reader(path, **reader_columns(path, flag))
+@dataclass(frozen=True)
+class Reading:
+    """How a command reads an interactions file (``--user-col`` ... ``--no-verify``) and prepares it."""
+
+    user_col: str | None = None
+    item_col: str | None = None
+    rating_col: str | None = None  # "none": no rating column (every entry 1.0)
+    timestamp_col: str | None = None
+    sep: str | None = None
+    duplicates: str = "error"
+    binarize: float | str | None = None  # a threshold, "none" (histories: ratings as they are), or None
+    min_user_count: int = 0
+    min_item_count: int = 0
+    verify: bool = True
+
+    @classmethod
+    def from_args(cls, args, recorded: dict | None = None) -> "Reading":
+        """The flags given, the ``recorded`` reading (a model's) for those left at their defaults."""
+        given = {"user_col": args.user_col, "item_col": args.item_col, "rating_col": args.rating_col,
+                 "timestamp_col": args.timestamp_col, "sep": args.sep, "duplicates": args.duplicates,
+                 "binarize": parse_binarize(args.binarize), "min_user_count": args.min_user_count,
+                 "min_item_count": args.min_item_count, "verify": not args.no_verify}
+        defaults = cls()
+        for name, value in (recorded or {}).items():
+            if name in given and given[name] == getattr(defaults, name):
+                given[name] = value
+        for flag in ("min_user_count", "min_item_count"):
+            if given[flag] < 0:
+                raise CliError(f"--{flag.replace('_', '-')} {given[flag]}; expected a count >= 0")
+        return cls(**given)
+
+    def record(self) -> dict:
+        """The entries that differ from the defaults (kept in a model's metadata, so evaluate reads alike)."""
+        defaults = Reading()
+        return {name: value for name, value in vars(self).items() if value != getattr(defaults, name)}
+
+    def names_columns(self) -> bool:
+        return any(value is not None for value in (self.user_col, self.item_col, self.rating_col,
+                                                   self.timestamp_col, self.sep))
 
 
-def reader_columns(path: Path, flag: str) -> dict:
-    """Column roles of a generic file, from its header only: user and item required, rating and timestamp when present."""
-    from aerec.data.readers import file_header, optional_columns
-
+def parse_binarize(raw):
+    if raw is None or raw == "none":
+        return raw
     try:
-        header = file_header(path)
-    except ImportError as exc:
-        raise CliError(str(exc)) from exc
+        return float(raw)
+    except ValueError:
+        raise CliError(f"--binarize {raw!r}; expected a rating threshold (ratings above it kept as 1) "
+                       "or none") from None
+
+
+def add_reading_arguments(parser, what: str = "--dataset", histories: bool = False) -> None:
+    """``--user-col`` ... ``--no-verify``: how ``what`` is read when it is a file (of any name)."""
+    group = parser.add_argument_group(
+        f"reading {what}", "a file of any name: CSV with any separator, with or without a header (then its columns "
+                           "are user, item[, rating[, timestamp]]), or Parquet; columns are found by name (user, "
+                           "userId, user_id, ...; item, movieId, item_id, ...; rating; timestamp) unless named here")
+    group.add_argument("--user-col", help="the user id column")
+    group.add_argument("--item-col", help="the item id column")
+    group.add_argument("--rating-col", help="the rating column, or none: every entry 1.0 (default: a column called "
+                                            "rating, score or stars, if any)")
+    group.add_argument("--timestamp-col", help="the timestamp column (default: one called timestamp or time, if any)")
+    group.add_argument("--sep", help="the CSV separator (default: sniffed from the first line: ::, tab, ;, | or ,)")
+    group.add_argument("--duplicates", choices=DUPLICATE_FLAGS, default="error",
+                       help="a (user, item) pair given twice: error (default), keep the first or last row, or "
+                            "combine the ratings (sum, mean, max)")
+    if histories:
+        group.add_argument("--binarize", metavar="THRESHOLD",
+                           help="keep the history's ratings above THRESHOLD as 1 and drop the others; none: use "
+                                "the ratings as they are (default: as the model's training data was prepared, "
+                                "ratings > 3.5 kept as 1 for a model trained with the strong protocol on ratings)")
+    else:
+        group.add_argument("--binarize", metavar="THRESHOLD",
+                           help="keep ratings above THRESHOLD as 1, drop the others, before the split")
+    group.add_argument("--min-user-count", type=int, default=0, help="drop users with fewer interactions (after "
+                                                                      "--binarize)")
+    group.add_argument("--min-item-count", type=int, default=0, help="drop items with fewer interactions")
+    group.add_argument("--no-verify", action="store_true",
+                       help="read a known MovieLens file even if it does not match its published checksum")
+
+
+def load_dataset(name_or_path: str, data_dir, flag: str = "--dataset", reading: Reading = Reading()) -> Interactions:
+    """A known dataset by name or a MovieLens folder, or an interactions file of any name
+    (:func:`aerec.data.readers.read_interactions`), prepared as ``reading`` says."""
+    from aerec.data import binarize, filter_min_counts
+    from aerec.data.readers import read_interactions
+
+    path = Path(name_or_path)
+    try:
+        if name_or_path in DATASETS or path.is_dir():
+            if reading.names_columns():
+                raise CliError(f"{flag} {name_or_path}: --user-col, --item-col, --rating-col, --timestamp-col and "
+                               "--sep are for a file; a known dataset or folder is read as MovieLens")
+            data = load_movielens(name_or_path, data_dir=data_dir, verify=reading.verify)
+        elif not path.is_file():
+            raise CliError(f"{flag} {name_or_path!r} is neither a known dataset ({', '.join(DATASETS)}) nor a file")
+        else:
+            def column(value):
+                return False if value == "none" else value
+
+            data = read_interactions(path, user=reading.user_col, item=reading.item_col,
+                                     rating=column(reading.rating_col), timestamp=column(reading.timestamp_col),
+                                     sep=reading.sep, duplicates=reading.duplicates, verify=reading.verify)
+        if isinstance(reading.binarize, float):
+            data = binarize(data, threshold=reading.binarize)
+        if reading.min_user_count or reading.min_item_count:
+            data = filter_min_counts(data, min_user=reading.min_user_count, min_item=reading.min_item_count)
+    except CliError:
+        raise
     except ValueError as exc:
-        raise CliError(f"{flag} {exc}") from exc
-    missing = [name for name in ("user", "item") if name not in header]
-    if missing:
-        raise CliError(f"{flag} {path} has columns {header}; expected user and item (and optionally rating, timestamp)")
-    return optional_columns(header)
+        where = f"{flag} " if str(path) in str(exc) else f"{flag} {name_or_path}: "
+        raise CliError(cli_advice(where + str(exc))) from exc
+    if data.nnz == 0:
+        raise CliError(f"{flag} {name_or_path}: no interactions left after --binarize / --min-*-count")
+    return data
+
+
+def cli_advice(message: str) -> str:
+    """The data layer's advice in the command line's words (its keyword arguments are flags here)."""
+    return (message.replace("pass duplicates='first', 'last', 'sum', 'mean' or 'max'",
+                            "pass --duplicates first, last, sum, mean or max")
+            .replace("Pass verify=False to read it anyway", "Pass --no-verify to read it anyway"))
 
 
 @dataclass
@@ -146,6 +239,7 @@ class Split:
     validation: object  # (fold_in, heldout) for ranking protocols, a ratings matrix for "ratings", or None
     test: tuple  # (fold_in, heldout) matrices for ranking protocols; (test ratings,) for "ratings"
     summary: dict
+    threshold: float | None = None  # ratings above it kept as 1 before the split (the strong protocol on ratings)
 
 
 def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | None, dataset: str) -> Split:
@@ -153,9 +247,10 @@ def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | No
     if protocol == "strong":
         n_heldout = n_heldout or STRONG_N_HELDOUT.get(str(dataset), max(1, data.n_users // 10))
         implicit = bool(np.all(data.matrix.data == 1.0))  # no ratings to binarize (e.g. a file without a rating column)
-        split = strong_generalization(data, n_heldout=n_heldout, seed=seed, threshold=None if implicit else 3.5)
+        threshold = None if implicit else 3.5
+        split = strong_generalization(data, n_heldout=n_heldout, seed=seed, threshold=threshold)
         return Split(protocol, seed, n_heldout, split.train, (split.validation_fold_in, split.validation_heldout),
-                     (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary())
+                     (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary(), threshold)
     if protocol == "per-user":
         split = per_user_holdout(data, test_fraction=0.2, seed=seed)
         return Split(protocol, seed, None, split.train, None, (split.train.matrix, split.test.matrix), split.summary())

@@ -11,8 +11,10 @@ import numpy as np
 from aerec._version import __version__
 from aerec.cli.common import (
     CliError,
+    Reading,
     Split,
     add_dataset_arguments,
+    add_reading_arguments,
     add_tune_argument,
     check_device_param,
     format_metrics,
@@ -41,6 +43,7 @@ def register(commands) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="with a model name: a hyper-parameter, repeatable (e.g. --param l2=500); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser, defaults_from_model=True)
+    add_reading_arguments(parser)
     add_tune_argument(parser)
     parser.add_argument("--k", type=int, nargs="+", default=[20, 50, 100], help="cut-offs (default 20 50 100)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -71,7 +74,7 @@ def run(args) -> int:
     if settings["protocol"] == "ratings" and not hasattr(model, "predict"):
         raise CliError(f"model {name!r} ranks items but does not predict ratings; "
                        "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
-    data = load_dataset(settings["dataset"], args.data_dir)
+    data = load_dataset(settings["dataset"], args.data_dir, reading=Reading.from_args(args, recorded.get("reading")))
     progress(f"loaded {data}")
     split = make_split(data, settings["protocol"], settings["seed"], settings["n_heldout"], settings["dataset"])
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aerec.cli.common import CliError, atomic_output, check_positive_int, load_dataset, progress
+from aerec.cli.common import (
+    CliError,
+    Reading,
+    add_reading_arguments,
+    atomic_output,
+    check_positive_int,
+    load_dataset,
+    progress,
+)
 from aerec.data.catalogue import align_to_catalogue, recommendations_frame
 
 OUTPUT_FORMATS = (".csv", ".parquet")
@@ -25,7 +33,10 @@ def register(commands) -> None:
         description="Fold in every user of --input (CSV or Parquet with user and item columns, and rating for "
                     "rating models) into a saved model, exclude the items they already have, and write the top "
                     "--n as rows user,item,rank,score to --output (.csv or .parquet), streaming in batches. Items "
-                    "the model does not know are ignored (their count is reported on stderr).")
+                    "the model does not know are ignored (their count is reported on stderr). Ratings in a history "
+                    "are prepared as the model's training data was: for a model trained with the strong protocol "
+                    "on ratings, ratings > 3.5 are kept as 1 and the others dropped (--binarize changes the "
+                    "threshold, --binarize none uses the ratings as they are); a rating model uses them as they are.")
     parser.add_argument("--model", required=True, help="a model directory written by aerec train (or aerec.save)")
     parser.add_argument("--input", required=True,
                         help="the users' interactions: CSV or Parquet with user,item[,rating] columns, or a MovieLens "
@@ -36,6 +47,7 @@ def register(commands) -> None:
     parser.add_argument("--memory-mib", type=int,
                         help="memory for one batch of scores, in MiB (default: 8 on the CPU, 256 on a GPU)")
     parser.add_argument("--device", help="cpu, cuda or auto (default: the saved model's device setting)")
+    add_reading_arguments(parser, "--input", histories=True)
     parser.set_defaults(run=run)
 
 
@@ -52,7 +64,7 @@ def run(args) -> int:
     model = model_files.load(args.model, device=args.device)
     if args.n > model.n_items_:
         raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
-    users = load_dataset(args.input, None, "--input")
+    users = load_histories(args, args.model)
     rows, unknown = align_to_catalogue(users, model.item_ids_, warn=False)
     if users.nnz and unknown == users.nnz:
         raise CliError(f"none of the {users.n_items} items of --input are in the model's catalogue of "
@@ -65,6 +77,33 @@ def run(args) -> int:
     written = write_recommendations(batches, users.user_ids, np.asarray(model.item_ids_), output)
     progress(f"wrote {written} recommendations for {users.n_users} users to {output}")
     return 0
+
+
+def load_histories(args, model_dir: str):
+    """``--input`` read with the reading flags, its ratings prepared as the model's training data was
+    (``--binarize``; by default the threshold recorded at training, ratings > 3.5 kept as 1 for the
+    strong protocol on ratings), so that a history means what the training rows meant."""
+    import json
+
+    metadata = json.loads((Path(model_dir) / "config.json").read_text()).get("metadata", {})
+    reading = Reading.from_args(args)
+    if reading.min_user_count or reading.min_item_count:
+        raise CliError("--min-user-count and --min-item-count prepare training data; recommend scores every "
+                       "user of --input")
+    histories = load_dataset(args.input, None, "--input", reading=Reading(**{**vars(reading), "binarize": None}))
+    recorded = metadata.get("history_threshold")
+    if isinstance(reading.binarize, float):
+        threshold, why = reading.binarize, "--binarize"
+    elif reading.binarize is None and recorded is not None and not (histories.matrix.data == 1.0).all():
+        threshold, why = float(recorded), "as the model's training data"  # histories of ratings, as training's
+    else:
+        return histories  # --binarize none, a model trained on the values, or histories without ratings
+    from aerec.data import binarize
+
+    kept = binarize(histories, threshold=threshold)  # every user stays, with the entries above the threshold
+    progress(f"histories binarized ({why}): ratings > {threshold:g} kept as 1, {histories.nnz - kept.nnz} of "
+             f"{histories.nnz} dropped (--binarize none uses the ratings as they are)")
+    return kept
 
 
 def write_recommendations(batches, user_ids, item_ids, output: Path) -> int:

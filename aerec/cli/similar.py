@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aerec.cli.common import CliError, atomic_output, check_positive_int, load_dataset, progress
+from aerec.cli.common import CliError, add_reading_arguments, atomic_output, check_positive_int, progress
+from aerec.cli.recommend import load_histories
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 
@@ -41,6 +42,7 @@ def register(commands) -> None:
     embed.add_argument("--model", required=True, help="a model directory written by aerec train (or aerec.save)")
     embed.add_argument("--output", required=True, help="items.parquet or items.csv (written when complete)")
     embed.add_argument("--input", help="histories (CSV or Parquet with user,item[,rating]): embed these users instead")
+    add_reading_arguments(embed, "--input", histories=True)
     embed.set_defaults(run=run_embed)
 
 
@@ -83,7 +85,7 @@ def run_embed(args) -> int:
         if args.input is None:
             ids, vectors, key = np.asarray(model.item_ids_), model.item_embeddings(), "item"
         else:
-            histories = model.align(load_dataset(args.input, None, "--input"))
+            histories = model.align(load_histories(args, args.model))
             ids, vectors, key = histories.user_ids, model.user_embeddings(histories), "user"
     except TypeError as exc:  # a model without such representations
         raise CliError(str(exc)) from exc

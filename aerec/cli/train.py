@@ -16,7 +16,9 @@ from pathlib import Path
 from aerec._version import __version__
 from aerec.cli.common import (
     CliError,
+    Reading,
     add_dataset_arguments,
+    add_reading_arguments,
     add_tune_argument,
     check_device_param,
     check_positive_int,
@@ -44,6 +46,7 @@ def register(commands) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a model hyper-parameter, repeatable (e.g. --param epochs=100 --param patience=20); `aerec models NAME` lists each model's, with defaults and ranges")
     add_dataset_arguments(parser)
+    add_reading_arguments(parser)
     add_tune_argument(parser)
     parser.add_argument("--out", required=True, help="the model directory to write")
     parser.add_argument("--resume", action="store_true",
@@ -78,7 +81,8 @@ def run(args) -> int:
     if args.protocol == "ratings" and not hasattr(model, "predict"):
         raise CliError(f"model {args.model!r} ranks items but does not predict ratings; "
                        "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
-    data = load_dataset(args.dataset, args.data_dir)
+    reading = Reading.from_args(args)
+    data = load_dataset(args.dataset, args.data_dir, reading=reading)
     progress(f"loaded {data}")
     split = make_split(data, args.protocol, args.seed, args.n_heldout, args.dataset)
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
@@ -106,7 +110,8 @@ def run(args) -> int:
     progress(f"fitted {model} in {seconds:.2f} s" + (f" on {world} processes" if world > 1 else ""))
     import aerec.model_files as model_files
 
-    metadata = {"dataset": str(args.dataset), "protocol": split.protocol, "seed": split.seed,
+    metadata = {"dataset": str(args.dataset), "reading": reading.record(), "history_threshold": split.threshold,
+                "protocol": split.protocol, "seed": split.seed,
                 "n_heldout": split.n_heldout, "split": split.summary, "fit_seconds": seconds, "processes": world,
                 **({"tuning": tuning} if tuning is not None else {}),
                 "command": ["aerec", *sys.argv[1:]] if Path(sys.argv[0]).name in ("aerec", "__main__.py") else None}

@@ -111,6 +111,98 @@ def read_parquet(path, user: str = "user", item: str = "item", rating: str | Non
     return Interactions.from_pandas(frame, user, item, rating, timestamp, duplicates)
 
 
+#: Column names :func:`read_interactions` recognises for each role (compared case-insensitively), in order.
+COLUMN_NAMES = {
+    "user": ("user", "user_id", "userid", "uid", "customer_id", "customer", "visitorid"),
+    "item": ("item", "item_id", "itemid", "iid", "movie_id", "movieid", "product_id", "productid", "song_id",
+             "track_id", "isbn"),
+    "rating": ("rating", "ratings", "score", "stars", "value"),
+    "timestamp": ("timestamp", "time", "ts", "datetime", "date"),
+}
+_SEPARATORS = ("::", "\t", ";", "|", ",")
+
+
+def read_interactions(path, user: str | None = None, item: str | None = None, rating: str | bool | None = None,
+                      timestamp: str | bool | None = None, sep: str | None = None, duplicates: str = "error",
+                      verify: bool = True) -> Interactions:
+    """Read an interactions file whatever its name: CSV (any separator, with or without a header) or Parquet.
+
+    Columns are found by what the file holds, never by its name: the names given, else the first
+    header entry matching a role's :data:`COLUMN_NAMES` (MovieLens' ``userId``/``movieId`` included).
+    A file without a header (every field of its first line a number, as ``u.data`` and ``ratings.dat``)
+    has its columns in the order user, item[, rating[, timestamp]]. ``rating``/``timestamp`` ``False``
+    reads none (every entry 1.0 / no times). The separator is sniffed from the first line unless
+    given. A file of a known MovieLens release is checked against its checksum unless ``verify=False``.
+    """
+    path = Path(path)
+    if verify and path.is_file():
+        verify_file(path)
+    if path.suffix == ".parquet":
+        header = file_header(path)
+        frame = None
+    else:
+        first = _first_line(path)
+        sep = sep if sep is not None else next((s for s in _SEPARATORS if s in first), ",")
+        fields = [field.strip() for field in first.split(sep)]
+        if fields and all(_is_number(field) for field in fields):  # no header: user, item[, rating[, timestamp]]
+            if len(fields) < 2:
+                raise ValueError(f"{path}: its first line {first!r} has {len(fields)} field(s) with separator "
+                                 f"{sep!r}; expected at least user and item (name the separator: sep=, --sep)")
+            names = ["user", "item", "rating", "timestamp", *(f"column_{i}" for i in range(4, len(fields)))]
+            frame = _read_text(path, sep, header=None)
+            frame.columns = names[:frame.shape[1]]
+        else:
+            frame = _read_text(path, sep, header=0)
+        header = list(frame.columns)
+    roles = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    chosen = {}
+    for role, given in roles.items():
+        if given is False:
+            chosen[role] = None
+        elif given is not None:
+            if given not in header:
+                raise ValueError(f"{path}: no column {given!r} for the {role}; the file has columns {header}")
+            chosen[role] = given
+        else:
+            lowered = {str(name).lower(): name for name in reversed(header)}
+            chosen[role] = next((lowered[name] for name in COLUMN_NAMES[role] if name in lowered), None)
+    missing = [role for role in ("user", "item") if chosen[role] is None]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} column among {header}; name them (user=, item=; on "
+                         f"the command line --user-col, --item-col)")
+    if frame is None:
+        frame = pd.read_parquet(path, columns=[name for name in chosen.values() if name is not None])
+    return Interactions.from_pandas(frame, chosen["user"], chosen["item"], chosen["rating"], chosen["timestamp"],
+                                    duplicates)
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_text(path: Path, sep: str, header) -> pd.DataFrame:
+    if len(sep) > 1:  # "::" (ratings.dat): swapped for tabs so that the fast C parser reads the file
+        source, sep = io.BytesIO(path.read_bytes().replace(sep.encode(), b"\t")), "\t"
+    else:
+        source = path
+    try:
+        return pd.read_csv(source, sep=sep, header=header, engine="c")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"cannot parse {path} with separator {sep!r}: {exc}") from exc
+
+
 def file_header(path) -> list:
     """The column names of a CSV or Parquet file (its header only; ValueError naming the file if unreadable)."""
     try:
