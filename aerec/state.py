@@ -229,6 +229,7 @@ def _write_tensor_file(directory: Path, tensors: dict) -> Path:
     os.close(handle)
     try:
         save_file(tensors, temporary)
+        os.chmod(temporary, default_file_mode())
         digest = sha256_of_file(Path(temporary))
         final = directory / f"tensors-{digest}.safetensors"
         _fsync(temporary)
@@ -240,10 +241,18 @@ def _write_tensor_file(directory: Path, tensors: dict) -> Path:
     return final
 
 
+def default_file_mode() -> int:
+    """0666 less the process's umask: what ``open()`` gives a new file (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temporary file in the same folder and a rename."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, default_file_mode())
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
             out.flush()

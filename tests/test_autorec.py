@@ -227,7 +227,8 @@ def test_item_kind_folds_in_a_row_by_ridge_regression_on_the_item_codes(small):
         theta = np.linalg.solve(Z[rated].T @ Z[rated] + penalty, Z[rated].T @ values)
         np.testing.assert_allclose(scores[r], Z @ theta, rtol=1e-4, atol=1e-4)
         assert np.sum(values - scores[r, rated]) == pytest.approx(0.0, abs=1e-3)  # the bias' normal equation
-    assert (scores[2] == 3.0).all()  # no ratings: the default rating
+    # no ratings: the default rating, and the items' popularity as a tie-break of at most 1e-3
+    assert ((scores[2] >= 3.0) & (scores[2] <= 3.0 + 1e-3 + 1e-6)).all() and scores[2].max() > 3.0
 
 
 def test_item_kind_fold_in_ranks_real_users_sensibly(ml100k_slice, fitted_on_slice):
@@ -327,3 +328,23 @@ def test_observed_outputs_values_and_gradients_equal_the_dense_network():
     for mine, expected in zip(torch.autograd.grad(observed, list(net.parameters()), upstream),
                               torch.autograd.grad(dense, list(net.parameters()), upstream)):
         torch.testing.assert_close(mine, expected)
+
+
+def test_i_autorec_ranks_a_flat_history_by_popularity_not_catalogue_order():
+    """A user whose ratings are all equal is fitted by the bias alone: every score tied, top-N was catalogue order."""
+    import scipy.sparse as sp
+
+    from aerec.models import AutoRec
+
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((40, 30)) < 0.3, rng.integers(1, 6, (40, 30)), 0).astype(np.float32)
+    dense[:, 17] = np.where(rng.random(40) < 0.9, 4.0, 0.0)  # item 17 the most rated, item 0 not first
+    model = AutoRec(kind="item", hidden=5, epochs=2, seed=0).fit(sp.csr_matrix(dense))
+    flat = sp.csr_matrix(([3.0, 3.0], ([0, 0], [1, 2])), shape=(1, 30), dtype=np.float32)
+    ids, scores = model.recommend(flat, n=5)
+    popularity = (dense > 0).sum(axis=0).astype(float)
+    popularity[[1, 2]] = -1
+    np.testing.assert_array_equal(popularity[ids[0]], np.sort(popularity)[::-1][:5])  # the most rated first
+    assert ids[0][0] == 17 and scores[0][0] - 3.0 <= 1e-3 + 1e-6
+    varied = sp.csr_matrix(([5.0, 1.0], ([0, 0], [1, 2])), shape=(1, 30), dtype=np.float32)
+    assert not np.allclose(model.score(varied)[0], model.score(varied)[0][0])  # real fits keep their own scores

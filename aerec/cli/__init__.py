@@ -9,10 +9,21 @@ its own module here and registers its parser in :func:`build_parser`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from aerec._version import __version__
-from aerec.cli import benchmark, datasets, demo, evaluate, models, recommend, similar, train
+from aerec.cli import (
+    benchmark,
+    common,
+    datasets,
+    demo,
+    evaluate,
+    models,
+    recommend,
+    similar,
+    train,
+)
 from aerec.cli.common import CliError, OneLineParser
 
 COMMANDS = (train, evaluate, recommend, similar, models, datasets, demo, benchmark)
@@ -24,17 +35,50 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
         command.register(commands)
+    for subparser in commands.choices.values():
+        if not any("--quiet" in action.option_strings for action in subparser._actions):
+            subparser.add_argument("--quiet", action="store_true", help="no progress messages or bars on stderr")
+        subparser.add_argument("--threads", type=int,
+                               help="CPU threads for torch and BLAS (default: torch's, one per core). On a shared "
+                                    "or 2-core machine --threads 1 avoids the slow-down of threads waiting on "
+                                    "each other when anything else runs")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    common.QUIET = bool(getattr(args, "quiet", False))
     try:
-        return args.run(args)
+        with thread_limits(args.threads):
+            return args.run(args)
     except (ValueError, TypeError, OSError, MemoryError) as exc:  # OSError: a path too long, unreadable, not a folder
         message = " ".join(str(exc).split())
         print(f"aerec {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = getattr(args, "interrupted_hint", None)
+        print(f"aerec {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def thread_limits(threads):
+    """``--threads N``: torch's intra-op threads and the BLAS pools at N while the command runs."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise CliError(f"--threads {threads}; expected an integer >= 1")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 __all__ = ["CliError", "build_parser", "main"]

@@ -35,8 +35,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+#: ``--quiet``: no progress messages (and no progress bars) on stderr.
+QUIET = False
+
+
 def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if not QUIET:
+        print(message, file=sys.stderr, flush=True)
+
+
+def with_progress_bar(name: str, params: dict) -> dict:
+    """Models with a progress bar show it (on stderr) unless the user said otherwise (``--quiet``, a param)."""
+    from aerec.models import MODELS
+
+    if "progress" in MODELS[name].param_names() and "progress" not in params:
+        return {**params, "progress": not QUIET}
+    return params
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -84,6 +98,16 @@ def parse_value(raw: str):
         except ValueError:
             pass
     return raw
+
+
+def check_protocol(name: str, model, protocol: str) -> None:
+    """A rating model (AutoRec, bias) on the ratings protocol only; a ranking model on the others."""
+    if protocol == "ratings" and not hasattr(model, "predict"):
+        raise CliError(f"model {name!r} ranks items but does not predict ratings; "
+                       "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
+    if protocol != "ratings" and hasattr(model, "predict"):
+        raise CliError(f"model {name!r} is a rating model (it predicts ratings and is validated on held-out "
+                       f"ratings); --protocol {protocol} ranks binarized items: use --protocol ratings")
 
 
 def check_positive_int(flag: str, value) -> None:
@@ -268,8 +292,11 @@ def atomic_output(path: Path):
         raise CliError(f"--output {path} is a directory; expected a file name")
     if not path.parent.is_dir():
         raise CliError(f"--output {path}: folder {path.parent} does not exist")
+    from aerec.state import default_file_mode
+
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, default_file_mode())
     try:
         yield Path(temporary)
         os.replace(temporary, path)

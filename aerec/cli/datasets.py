@@ -24,13 +24,24 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"datasets": rows}))
     else:
-        print(f"{'dataset':<16} {'status':<22} where / how to get it")
+        print(f"{'dataset':<16} {'status':<34} where / how to get it")
         for row in rows:
             where = row["path"] or row["url"]
-            print(f"{row['name']:<16} {row['status']:<22} {where}")
+            print(f"{row['name']:<16} {row['status']:<34} {where}")
             for problem in row["problems"]:
-                print(f"{'':<16} {'':<22} {problem}")
+                print(f"{'':<16} {'':<34} {problem}")
     return 1 if any(row["status"] == "checksum mismatch" for row in rows) else 0
+
+
+def incomplete_folder(dataset, data_dir):
+    """A folder of the dataset under the roots ``find_dataset_dir`` searches that lacks the ratings file, or None."""
+    import os
+    from pathlib import Path
+
+    roots = [Path(data_dir)] if data_dir is not None else []
+    if data_dir is None and os.environ.get("AEREC_DATA_DIR"):
+        roots.append(Path(os.environ["AEREC_DATA_DIR"]))
+    return next((root / folder for root in roots for folder in dataset.folders if (root / folder).is_dir()), None)
 
 
 def dataset_status(name: str, data_dir) -> dict:
@@ -41,6 +52,10 @@ def dataset_status(name: str, data_dir) -> dict:
     try:
         folder = find_dataset_dir(name, data_dir)
     except FileNotFoundError:
+        partial = incomplete_folder(dataset, data_dir)
+        if partial is not None:  # the folder is there, its ratings file is not (ML-1M's movies.dat alone, say)
+            return {**row, "path": str(partial), "status": f"incomplete ({dataset.ratings_file} missing)",
+                    "problems": [f"{partial} has no {dataset.ratings_file}; download {dataset.url} and unzip it there"]}
         return {**row, "status": "not found"}
     row["path"] = str(folder)
     for file_name in (dataset.ratings_file, dataset.titles_file):

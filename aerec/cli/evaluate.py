@@ -15,6 +15,7 @@ from aerec.cli.common import (
     Split,
     add_dataset_arguments,
     add_reading_arguments,
+    check_protocol,
     add_tune_argument,
     check_device_param,
     format_metrics,
@@ -23,6 +24,7 @@ from aerec.cli.common import (
     parse_params,
     progress,
     tune_on_validation,
+    with_progress_bar,
 )
 from aerec.evaluation import evaluate_ranking, mae, rmse
 from aerec.models import MODELS, make_model
@@ -65,15 +67,14 @@ def run(args) -> int:
             raise CliError(f"--model {args.model!r} is neither a model name ({', '.join(sorted(MODELS))}) nor a "
                            "model directory")
         params = parse_params(args.param)
-        model, recorded, name = make_model(args.model, **params), {}, args.model  # bad names fail before any data is read
+        # bad names fail before any data is read
+        model, recorded, name = make_model(args.model, **with_progress_bar(args.model, params)), {}, args.model
         check_device_param(params)
     settings = {"dataset": args.dataset or recorded.get("dataset") or "ml-latest-small",
                 "protocol": args.protocol or recorded.get("protocol") or "strong",
                 "seed": args.seed if args.seed is not None else recorded.get("seed", 98765),
                 "n_heldout": args.n_heldout or recorded.get("n_heldout")}
-    if settings["protocol"] == "ratings" and not hasattr(model, "predict"):
-        raise CliError(f"model {name!r} ranks items but does not predict ratings; "
-                       "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
+    check_protocol(name, model, settings["protocol"])
     data = load_dataset(settings["dataset"], args.data_dir, reading=Reading.from_args(args, recorded.get("reading")))
     progress(f"loaded {data}")
     split = make_split(data, settings["protocol"], settings["seed"], settings["n_heldout"], settings["dataset"])

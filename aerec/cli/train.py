@@ -20,6 +20,7 @@ from aerec.cli.common import (
     add_dataset_arguments,
     add_reading_arguments,
     add_tune_argument,
+    check_protocol,
     check_device_param,
     check_positive_int,
     load_dataset,
@@ -27,6 +28,7 @@ from aerec.cli.common import (
     parse_params,
     progress,
     tune_on_validation,
+    with_progress_bar,
 )
 from aerec.models import MODELS, make_model
 
@@ -38,7 +40,7 @@ def register(commands) -> None:
         "train", help="fit a model with early stopping on validation users and save it as a directory",
         description="Split a dataset with a seeded protocol, fit a model on the training part (models with epochs "
                     "keep the epoch with the best validation metric: NDCG@100 on the validation users for the "
-                    "strong protocol, RMSE on 10%% of the training ratings for the ratings protocol) and save it "
+                    "strong protocol, RMSE on 10% of the training ratings for the ratings protocol) and save it "
                     "to --out, with the split recorded so that 'aerec evaluate --model DIR' tests it on the same "
                     "split. The training state is checkpointed into DIR/checkpoint; --resume continues an "
                     "interrupted run from there.")
@@ -78,9 +80,7 @@ def run(args) -> int:
         progress(f"{out} already holds the finished model; nothing to resume")
         model_files.load(out)  # a damaged model directory is refused by name rather than reported on
         return report_saved(out, args.json)
-    if args.protocol == "ratings" and not hasattr(model, "predict"):
-        raise CliError(f"model {args.model!r} ranks items but does not predict ratings; "
-                       "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
+    check_protocol(args.model, model, args.protocol)
     reading = Reading.from_args(args)
     data = load_dataset(args.dataset, args.data_dir, reading=reading)
     progress(f"loaded {data}")
@@ -98,7 +98,11 @@ def run(args) -> int:
             raise CliError("--tune runs in one process; start it without torchrun")
         model, tuning = tune_on_validation(args.model, params, split, args.tune)  # the best trial's fitted model
     else:
-        model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
+        try:
+            model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
+        except KeyboardInterrupt:
+            args.interrupted_hint = resume_hint(out)
+            raise
     seconds = time.perf_counter() - started
     if distributed:
         import torch.distributed as dist
@@ -120,11 +124,17 @@ def run(args) -> int:
     return report_saved(out, args.json)
 
 
-def with_progress_bar(name: str, params: dict) -> dict:
-    """Models with a progress bar show it (on stderr) unless the user said otherwise."""
-    if "progress" in MODELS[name].param_names() and "progress" not in params:
-        return {**params, "progress": True}
-    return params
+def resume_hint(out: Path) -> str:
+    """Where the last checkpoint is and how to go on from it (Ctrl-C during training)."""
+    header = out / CHECKPOINT_FOLDER / "checkpoint.json"
+    if not header.is_file():
+        return f"no checkpoint was written yet (every --checkpoint-every epochs) under {out / CHECKPOINT_FOLDER}"
+    try:
+        epochs = json.loads(header.read_text()).get("epochs_done")
+    except (OSError, ValueError):
+        epochs = None
+    done = f" after epoch {epochs}" if epochs else ""
+    return f"the last checkpoint{done} is in {out / CHECKPOINT_FOLDER}: run the same command with --resume to go on"
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> str:

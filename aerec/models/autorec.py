@@ -260,6 +260,9 @@ class AutoRec(TorchRecommender):
     reconstruction is not looked up: rows carry no user id). A row without ratings scores
     ``default_rating`` everywhere under I-AutoRec, the reconstruction of the zero vector
     under U-AutoRec. Scores are not clipped (clipping would tie the top of the ranking).
+    Under I-AutoRec a row whose ratings are all one value (or none) is fitted by ``c`` alone
+    and every item would score alike (top-N in catalogue order): its scores get the item's
+    training popularity as a tie-break, at most ``POPULARITY_TIE_BREAK`` (1e-3) added.
 
     **Departures from the reference, named:**
 
@@ -520,6 +523,14 @@ class AutoRec(TorchRecommender):
                                                                   device=self.device_)], 1)
         scores = (units @ codes.T).float()
         scores[torch.from_numpy(np.diff(rows.indptr) == 0).to(self.device_)] = float(self.default_rating)
+        # a row whose ratings are all one value (or none) is fitted by the bias alone: every item scores
+        # alike, and top-N would be catalogue order; its items are ranked by training popularity instead
+        flat = np.array([np.ptp(rows.data[a:b]) == 0 if b > a else True for a, b in zip(rows.indptr[:-1],
+                                                                                     rows.indptr[1:])], dtype=bool)
+        if flat.any():
+            popularity = np.bincount(self.ratings_.indices, minlength=self.n_items_).astype(np.float32)
+            tie_break = torch.from_numpy(POPULARITY_TIE_BREAK * popularity / max(popularity.max(), 1.0))
+            scores[torch.from_numpy(flat).to(self.device_)] += tie_break.to(self.device_)
         return scores
 
     def _item_model_units(self, rows: sp.csr_matrix) -> torch.Tensor:
@@ -557,6 +568,10 @@ class AutoRec(TorchRecommender):
             units[torch.from_numpy(chunk).to(device)] = torch.cholesky_solve(right, torch.linalg.cholesky(gram))[..., 0]
             start = stop
         return units
+
+
+#: The most an I-AutoRec score of a flat history (all ratings one value) gains from its item's popularity.
+POPULARITY_TIE_BREAK = 1e-3
 
 
 def _reference_rprop_schedule(optimizer, state) -> None:
