@@ -2,8 +2,9 @@
 
 - ``metrics_<dataset>.png``: each reported metric per model, the mean over seeds with its
   95% t interval (and each seed's value as a dot);
-- ``validation_curves_<dataset>.png``: the chosen trial's validation curve (the tuning metric
-  per epoch) of every model trained by epochs, one line per seed;
+- ``validation_curves_<dataset>.png``: the chosen trial's validation curve of every model trained
+  by epochs, one line per seed: the training loop's own metric per epoch (NDCG@100, or RMSE for
+  rating models), by which its best epoch is kept, whatever the tuning metric;
 - ``tuning_history_<dataset>.png``: the best validation value so far against the trial, per
   model and seed (pruned and failed trials carry the best before them).
 """
@@ -38,9 +39,10 @@ def write_plots(summary: dict, cells: dict, out_dir: str | Path) -> list[Path]:
                   for label in labels}
         curves = {label: runs for label, runs in curves.items() if any(len(run) > 1 for run in runs)}
         if curves:
+            loop_metric = "RMSE" if summary["tuning"]["metric"] in LOWER_IS_BETTER else "NDCG@100"
             paths.append(_lines(plt, out / f"validation_curves_{dataset}.png", curves, seeds,
-                                f"{dataset}: the chosen trial's validation {summary['tuning']['metric']} per epoch",
-                                "epoch", summary["tuning"]["metric"], start=1))
+                                f"{dataset}: the chosen trial's validation {loop_metric} per epoch (the training "
+                                "loop's early-stopping metric)", "epoch", f"validation {loop_metric}", start=1))
         lower = summary["tuning"]["metric"] in LOWER_IS_BETTER
         history = {label: [_best_so_far(cells[(dataset, int(seed), label)].get("tuning_history") or [], lower)
                            for seed in seeds] for label in labels}

@@ -9,6 +9,7 @@ its own module here and registers its parser in :func:`build_parser`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 
@@ -35,7 +36,7 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for command in COMMANDS:
         command.register(commands)
-    for subparser in commands.choices.values():
+    for subparser in leaf_parsers(commands):
         if not any("--quiet" in action.option_strings for action in subparser._actions):
             subparser.add_argument("--quiet", action="store_true", help="no progress messages or bars on stderr")
         subparser.add_argument("--threads", type=int,
@@ -43,6 +44,15 @@ def build_parser() -> OneLineParser:
                                     "or 2-core machine --threads 1 avoids the slow-down of threads waiting on "
                                     "each other when anything else runs")
     return parser
+
+
+def leaf_parsers(subparsers) -> list:
+    """The parsers of every command, those of ``aerec benchmark run|report|status`` included."""
+    leaves = []
+    for parser in subparsers.choices.values():
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        leaves += [leaf for action in nested for leaf in leaf_parsers(action)] if nested else [parser]
+    return leaves
 
 
 def main(argv=None) -> int:
