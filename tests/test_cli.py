@@ -82,12 +82,19 @@ def test_checksum_mismatch_exits_2(capsys, tmp_path, data_dir):
     assert code == 2 and out == "" and "expected 06416e59" in err and len(err.strip().splitlines()) == 1
 
 
-def test_demo_prints_metrics_and_titled_recommendations(capsys):
-    code, out, _ = run(capsys, "demo")
+def test_demo_trains_an_autoencoder_beside_ease_and_prints_titles_and_a_plot(capsys, tmp_path):
+    plot = tmp_path / "demo.png"
+    code, out, _ = run(capsys, "demo", "--seconds", "8", "--plot", str(plot), "--quiet")
     assert code == 0
-    assert "ease" in out and "popularity" in out and "EASE's top 10" in out
-    ranked = [line for line in out.splitlines() if re.match(r"^\s+\d+\. [ *] .+\(\d{4}\)$", line)]
-    assert len(ranked) == 10  # ten recommendations, each a movie title with its year
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["popularity"],
+                                                                                              ["ease"], ["mult_vae"])}
+    assert set(table) == {"popularity", "ease", "mult_vae"} and "epochs, best" in " ".join(table["mult_vae"])
+    ranked = [line for line in out.splitlines() if re.match(r"^\s+\d+\. [ *] .+ [ *] .+\(\d{4}\)$", line)]
+    assert len(ranked) == 10  # ten ranks, Mult-VAE's and EASE's titles side by side
+    assert "*" in "".join(line[:12] + line[50:52] for line in ranked)  # the user shown has a held-out hit
+    assert f"plot: {plot}" in out and plot.stat().st_size > 10_000
+    code, _, err = run(capsys, "demo", "--user", "nobody", "--plot", str(plot))
+    assert code == 2 and "--user 'nobody' is not a test user" in err
 
 
 # -- aerec models: the constraints tables, as the CLI shows them --------------------------------------------
