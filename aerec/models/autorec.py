@@ -206,9 +206,11 @@ class AutoRec(TorchRecommender):
     batch_size : int, optional
         Rows per batch. None: all rows at once. With "lbfgs" the gradient is still the
         full-batch one (summed over batches, to bound memory); the Rprops take None only.
-    patience : int, optional
+    patience : int or None, default 20
         With ``validation``: stop after this many iterations without a lower validation
-        RMSE (None: run all ``epochs``; the best iteration is kept either way). With Rprop's
+        RMSE (None: run all ``epochs``; the best iteration is kept either way). The paper
+        chooses the iteration count on validation data; 20 ends a run that has passed its
+        best instead of running the other ``epochs`` for nothing. With Rprop's
         schedule the first steps are tiny: the outputs start near 0, the clipped predictions
         sit at the bottom of the rating range and the validation RMSE does not move for
         about 6 iterations, so a patience under ~10 can stop inside that plateau.
@@ -295,7 +297,7 @@ class AutoRec(TorchRecommender):
 
     def __init__(self, kind: str = "item", hidden: int = 500, l2: float = 100.0, epochs: int = 200,
                  optimizer: str = "climin_rprop", lr: float | None = None, batch_size: int | None = None,
-                 patience: int | None = None, default_rating: float = 3.0, rating_range: tuple | None = None,
+                 patience: int | None = 20, default_rating: float = 3.0, rating_range: tuple | None = None,
                  seed: int = 0, device: str = "auto", progress: bool = False, max_seconds: float | None = None):
         store_params(self, locals())
 
