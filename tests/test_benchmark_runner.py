@@ -94,6 +94,28 @@ def test_an_allowed_spec_change_keeps_the_cells_it_leaves_alone_and_reruns_the_o
         run_benchmark(changed, store, spec_changed="yes")
 
 
+def test_a_cell_scored_on_another_split_is_refused_or_run_again(tmp_path, data_dir):
+    # as if the data file or aerec's split had changed since the cell was stored: its split fingerprint differs
+    import json
+
+    spec = {**SPEC, "seeds": [98765], "models": {"popularity": {}, "ease": {"fixed": {"device": "cpu"}}},
+            "tuning": {"trials": 1}}
+    store = tmp_path / "store.sqlite"
+    first = run_benchmark(spec, store)
+    with sqlite3.connect(store) as connection:
+        record = json.loads(connection.execute("SELECT record FROM aerec_cells WHERE label = 'ease'").fetchone()[0])
+        connection.execute("UPDATE aerec_cells SET record = ? WHERE label = 'ease'",
+                           (json.dumps({**record, "split": "0" * 64}),))
+    with pytest.raises(SpecError, match=r"scored on another split than the protocol makes now .*split 0000000000000000"):
+        run_benchmark(spec, store)
+    messages = []
+    again = run_benchmark(spec, store, log=messages.append, spec_changed="allow")
+    assert any("its split changed since it was stored: run again" in message for message in messages)
+    assert again[("ml-100k", 98765, "ease")]["split"] == first[("ml-100k", 98765, "ease")]["split"]
+    assert again[("ml-100k", 98765, "ease")]["test"] == first[("ml-100k", 98765, "ease")]["test"]
+    assert again[("ml-100k", 98765, "popularity")] == first[("ml-100k", 98765, "popularity")]
+
+
 def test_the_store_keeps_each_workers_environment_and_each_cell_its_split_fingerprint(first_run):
     from aerec.benchmark.runner import read_environments
 

@@ -112,17 +112,77 @@ def vae_cf_reference(frame: pd.DataFrame, n_heldout: int, seed: int):
             "validation_heldout": pairs(vte), "test_fold_in": pairs(ttr), "test_heldout": pairs(tte)}
 
 
+def raw_file(fixture: str, data_dir) -> pd.DataFrame:
+    """The ratings file as vae_cf reads it: pandas, in the file's row order (ML-100K's u.data is not sorted)."""
+    if fixture == "ml100k":
+        return pd.read_csv(data_dir / "ml-100k" / "u.data", sep="\t", names=["user", "item", "rating", "timestamp"])
+    from tests.conftest import REPO
+
+    frame = pd.read_csv(REPO / "data" / "ml-latest-small" / "ratings.csv")
+    return frame.rename(columns={"userId": "user", "movieId": "item"})
+
+
 @pytest.mark.parametrize("fixture, n_heldout, seed", [("ml100k", 100, 98765), ("ml100k", 100, 1), ("ml_latest_small", 60, 2)])
-def test_strong_generalization_equals_vae_cf(request, fixture, n_heldout, seed):
+def test_strong_generalization_equals_vae_cf(request, data_dir, fixture, n_heldout, seed):
     data = request.getfixturevalue(fixture)
-    # vae_cf draws in file-row order; our documented order is (user, item), so sort the frame that way
-    frame = data.to_pandas().sort_values(["user", "item"], kind="stable")
-    reference = vae_cf_reference(frame, n_heldout, seed)
+    reference = vae_cf_reference(raw_file(fixture, data_dir), n_heldout, seed)
     split = strong_generalization(data, n_heldout=n_heldout, seed=seed)
     assert entries(split.train) == reference["train"]
     assert set(split.train.item_ids.tolist()) == reference["items"]
     for part in ("validation_fold_in", "validation_heldout", "test_fold_in", "test_heldout"):
         assert entries(getattr(split, part)) == reference[part], part
+
+
+def test_ml100k_file_order_is_kept_and_decides_the_draw(ml100k, data_dir):
+    # u.data is not sorted, so its row order is kept beside the matrix ...
+    assert ml100k.positions is not None
+    frame = raw_file("ml100k", data_dir)
+    coo = ml100k.matrix.tocoo()
+    np.testing.assert_array_equal(frame["user"].to_numpy()[ml100k.positions], ml100k.user_ids[coo.row])
+    np.testing.assert_array_equal(frame["item"].to_numpy()[ml100k.positions], ml100k.item_ids[coo.col])
+    # ... and the held-out draw in item order (what it was before) differs from vae_cf's on most pairs
+    in_item_order = Interactions(ml100k.matrix, ml100k.user_ids, ml100k.item_ids, ml100k.timestamps)
+    reference = vae_cf_reference(frame, 100, 98765)
+    item_order_split = strong_generalization(in_item_order, n_heldout=100, seed=98765)
+    matching = len(entries(item_order_split.validation_heldout) & reference["validation_heldout"])
+    assert matching < 0.5 * len(reference["validation_heldout"])
+
+
+def test_source_order_survives_shuffles_duplicates_and_selections():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user": rng.integers(0, 30, 600), "item": rng.integers(0, 50, 600),
+                          "rating": rng.integers(1, 6, 600).astype(float)})
+    data = Interactions.from_pandas(frame, rating="rating", duplicates="last")
+    kept = frame.drop_duplicates(["user", "item"], keep="last")
+    coo = data.matrix.tocoo()
+    np.testing.assert_array_equal(frame["user"].to_numpy()[data.positions], data.user_ids[coo.row])
+    assert set(data.positions.tolist()) == set(kept.index.tolist())
+    # through binarize, minimum counts, a row and column selection (columns reversed) and compact
+    from aerec.data import binarize, filter_min_counts
+
+    part = filter_min_counts(binarize(data, 2.5), min_user=3).select(np.arange(10)[::-1], np.arange(data.n_items)[::-1])
+    part = part.compact()
+    coo = part.matrix.tocoo()
+    np.testing.assert_array_equal(frame["user"].to_numpy()[part.positions], part.user_ids[coo.row])
+    np.testing.assert_array_equal(frame["item"].to_numpy()[part.positions], part.item_ids[coo.col])
+    # source_order lists each row's entries in file order
+    order = part.source_order()
+    rows = coo.row[order]
+    assert np.all(np.diff(rows) >= 0)
+    for row in np.unique(rows):
+        assert np.all(np.diff(part.positions[order][rows == row]) > 0)
+
+
+def test_a_sorted_source_keeps_no_positions_and_a_csr_orders_by_column(ml_latest_small):
+    assert ml_latest_small.positions is None  # ratings.csv is sorted by user then movie
+    matrix = ml_latest_small.matrix
+    from_csr = Interactions.from_csr(matrix)
+    np.testing.assert_array_equal(from_csr.source_order(), np.arange(matrix.nnz))
+    # reversing the columns of a CSR-built set keeps the old column order as its source order
+    flipped = from_csr.select(cols=np.arange(from_csr.n_items)[::-1])
+    order = flipped.source_order()
+    first_row = order[: matrix.indptr[1]]
+    np.testing.assert_array_equal(flipped.item_ids[flipped.matrix.indices[first_row]], from_csr.item_ids[matrix.indices[:matrix.indptr[1]]])
 
 
 def test_strong_generalization_users_are_disjoint_and_80_20(ml100k):

@@ -114,12 +114,27 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
             tasks += [((dataset.name, int(seed), model.label), model, seed, split,
                        cell_fingerprint(spec, dataset, model)) for model in spec.models]
 
+    def stored(key, split, made_for):
+        """The cell's finished record if it was made for this spec's cell and on the split the protocol makes
+        now; a record scored on another split (the data file or aerec's split changed since) is refused, or
+        with ``spec_changed="allow"`` run again."""
+        record = current(store.read_cell(key), made_for)
+        if record is None or record.get("split") in (None, split_fingerprint(split().split)):
+            return record
+        if spec_changed != "allow":
+            raise SpecError(f"{key}: the store's result was scored on another split than the protocol makes now "
+                            f"from this data (split {record['split'][:16]}, now {split_fingerprint(split().split)[:16]}:"
+                            " the data file or aerec's split changed); use another store, or allow the change "
+                            "(--spec-changed=allow) to run such cells again")
+        log(f"{key}: its split changed since it was stored: run again")
+        return None
+
     def attempt(key, model, seed, split, made_for, done=None):
         """The cell's record: read back, or run here once claimed; None while another worker runs it."""
-        done = current(store.read_cell(key), made_for) if done is None else done
+        done = stored(key, split, made_for) if done is None else done
         if done is not None or not store.claim(key, worker):
             return done
-        done = current(store.read_cell(key), made_for)  # another worker's, since the first look
+        done = stored(key, split, made_for)  # another worker's, since the first look
         if done is not None:
             store.release(key)
             return done
@@ -130,7 +145,7 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
 
     try:
         for task in tasks:
-            finished = current(store.read_cell(task[0]), task[-1])
+            finished = stored(task[0], task[3], task[-1])
             if finished is not None:
                 log(f"{task[0]}: finished before, read back")
             cells[task[0]] = attempt(*task, done=finished)
@@ -166,7 +181,8 @@ def run_workers(spec: BenchmarkSpec, table, store: Store, jobs: int, log, progre
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the cores this process may use (taskset, cgroups)
-    workers = [context.Process(target=worker_main, args=(spec, table, store.location, threads, messages), daemon=True)
+    workers = [context.Process(target=worker_main, args=(spec, table, store.location, threads, messages, spec_changed),
+                               daemon=True)
                for _ in range(jobs - 1)]
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})  # the workers' BLAS threads, at start
@@ -204,7 +220,8 @@ def run_workers(spec: BenchmarkSpec, table, store: Store, jobs: int, log, progre
     torch.set_num_threads(threads)
     try:
         with threadpool_limits(threads):
-            cells = run_benchmark(spec, store.location, log=log, progress=report, table=table)
+            cells = run_benchmark(spec, store.location, log=log, progress=report, table=table,
+                                  spec_changed=spec_changed)
     finally:
         torch.set_num_threads(torch_threads)
         for worker in workers:
@@ -219,14 +236,14 @@ def run_workers(spec: BenchmarkSpec, table, store: Store, jobs: int, log, progre
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def worker_main(spec: BenchmarkSpec, table, store: str, threads: int, messages) -> None:
+def worker_main(spec: BenchmarkSpec, table, store: str, threads: int, messages, spec_changed: str = "refuse") -> None:
     """One worker process of :func:`run_workers`: run the spec on the store, sending back its messages."""
     import torch
 
     torch.set_num_threads(threads)
     name = f"[worker {os.getpid()}] "
     run_benchmark(spec, store, log=lambda message: messages.put(("log", name + message)),
-                  progress=lambda key: messages.put(("progress", key)), table=table)
+                  progress=lambda key: messages.put(("progress", key)), table=table, spec_changed=spec_changed)
 
 
 def expected_keys(spec: BenchmarkSpec) -> list:
@@ -346,7 +363,7 @@ def forget_cell(store: Store, storage, key, log, made_for: str) -> None:
     import optuna
 
     if store.read_cell(key) is not None:
-        log(f"{key}: its entries in the spec changed: run again")
+        log(f"{key}: its entries in the spec or its split changed: run again")
         store.delete_cell(key)
     else:
         try:

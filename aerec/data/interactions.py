@@ -32,12 +32,18 @@ class Interactions:
         Raw ids; ``user_ids[row]`` is the id of matrix row ``row``.
     timestamps : ndarray of int64 or None
         Aligned with ``matrix.data`` (same order), when the source had them.
+    positions : ndarray of int64 or None
+        Aligned with ``matrix.data``: the row of each entry in the frame it was read
+        from (the file's row order, which vae_cf's held-out draw follows). None when
+        that order is the matrix's own (rows sorted by user, then by item in the
+        matrix's column order) or unknown (built from a CSR).
     """
 
     matrix: sp.csr_matrix
     user_ids: np.ndarray
     item_ids: np.ndarray
     timestamps: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     def __post_init__(self):
         m = self.matrix
@@ -50,8 +56,9 @@ class Interactions:
                 f"id maps do not match the matrix: {len(self.user_ids)} user ids and "
                 f"{len(self.item_ids)} item ids for a matrix of shape {m.shape}"
             )
-        if self.timestamps is not None and len(self.timestamps) != m.nnz:
-            raise ValueError(f"timestamps has {len(self.timestamps)} entries, expected one per stored rating ({m.nnz})")
+        for name, values in self._per_entry().items():
+            if len(values) != m.nnz:
+                raise ValueError(f"{name} has {len(values)} entries, expected one per stored rating ({m.nnz})")
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -102,12 +109,17 @@ class Interactions:
 
         user_ids, rows = _unique_ids(users, user)
         item_ids, cols = _unique_ids(items, item)
-        rows, cols, values, times = _resolve_duplicates(rows, cols, values, times, duplicates, user_ids, item_ids)
+        positions = np.arange(len(df), dtype=np.int64)
+        rows, cols, values, times, positions = _resolve_duplicates(rows, cols, values, times, positions, duplicates,
+                                                                   user_ids, item_ids)
         if duplicates == "sum":
             _check_values(values, "a sum of duplicated ratings")
         matrix = _canonical_csr(rows, cols, values, (len(user_ids), len(item_ids)))
         order = np.lexsort((cols, rows))
-        return cls(matrix, user_ids, item_ids, None if times is None else times[order])
+        positions = positions[order]
+        in_matrix_order = bool(np.all(positions[1:] > positions[:-1]))
+        return cls(matrix, user_ids, item_ids, None if times is None else times[order],
+                   None if in_matrix_order else positions)
 
     @classmethod
     def from_csr(cls, matrix, user_ids=None, item_ids=None, timestamps=None) -> "Interactions":
@@ -170,24 +182,28 @@ class Interactions:
             raise ValueError(f"mask has shape {mask.shape}, expected ({self.nnz},)")
         rows = np.repeat(np.arange(self.n_users), np.diff(self.matrix.indptr))[mask]
         matrix = _canonical_csr(rows, self.matrix.indices[mask], self.matrix.data[mask], self.shape)
-        times = None if self.timestamps is None else self.timestamps[mask]
-        return Interactions(matrix, self.user_ids, self.item_ids, times)
+        kept = {name: values[mask] for name, values in self._per_entry().items()}
+        return Interactions(matrix, self.user_ids, self.item_ids, **kept)
 
     def select(self, rows=None, cols=None) -> "Interactions":
         """Sub-matrix of the given row and column indices (in that order), ids carried along."""
         rows = np.arange(self.n_users) if rows is None else np.asarray(rows, dtype=np.int64)
         cols = np.arange(self.n_items) if cols is None else np.asarray(cols, dtype=np.int64)
-        entry = _entry_index(self.matrix)
         sub = self.matrix[rows][:, cols]
-        times = None
-        if self.timestamps is not None:
-            # carry each entry's timestamp through the same selection
-            picked = entry[rows][:, cols]
+        carried = {}
+        per_entry = self._per_entry()
+        if self.positions is None and np.any(np.diff(cols) < 0):
+            # the matrix order is the source order; reordered columns would lose it, so keep it explicitly
+            per_entry["positions"] = np.arange(self.nnz, dtype=np.int64)
+        if per_entry:
+            # carry each entry's timestamp and source row through the same selection
+            picked = _entry_index(self.matrix)[rows][:, cols]
             picked.sort_indices()
-            times = self.timestamps[picked.data.astype(np.int64) - 1]
+            taken = picked.data.astype(np.int64) - 1
+            carried = {name: values[taken] for name, values in per_entry.items()}
         sub = sp.csr_matrix(sub, dtype=np.float32)
         sub.sort_indices()
-        return Interactions(sub, self.user_ids[rows], self.item_ids[cols], times)
+        return Interactions(sub, self.user_ids[rows], self.item_ids[cols], **carried)
 
     def compact(self) -> "Interactions":
         """Drop users and items without any interaction."""
@@ -196,6 +212,23 @@ class Interactions:
         if len(rows) == self.n_users and len(cols) == self.n_items:
             return self
         return self.select(rows, cols)
+
+    def source_order(self) -> np.ndarray:
+        """Positions of ``matrix.data`` in source-row order: row by row, each row's entries as the source listed them.
+
+        The order in which vae_cf's ``split_train_test_proportion`` indexes a user's items
+        (its groupby keeps the file's row order within a user). Without ``positions``
+        it is the matrix's own order.
+        """
+        if self.positions is None:
+            return np.arange(self.nnz)
+        rows = np.repeat(np.arange(self.n_users), np.diff(self.matrix.indptr))
+        return np.lexsort((self.positions, rows))
+
+    def _per_entry(self) -> dict[str, np.ndarray]:
+        """The optional arrays aligned with ``matrix.data``, by field name."""
+        return {name: values for name, values in (("timestamps", self.timestamps), ("positions", self.positions))
+                if values is not None}
 
     def __repr__(self) -> str:
         kind = "with timestamps" if self.timestamps is not None else "no timestamps"
@@ -303,11 +336,12 @@ def _check_int64_range(outside: np.ndarray, column: pd.Series, name: str) -> Non
                          f"expected times within int64 ({_INT64.min} to {_INT64.max})")
 
 
-def _resolve_duplicates(rows, cols, values, times, policy, user_ids, item_ids):
+def _resolve_duplicates(rows, cols, values, times, positions, policy, user_ids, item_ids):
+    """Rows, columns, values, times and source positions with each (user, item) pair once, as ``policy`` says."""
     key = rows.astype(np.int64) * len(item_ids) + cols
     unique_keys, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
     if len(unique_keys) == len(key):
-        return rows, cols, values, times
+        return rows, cols, values, times, positions
     if policy == "error":
         dup = int(np.flatnonzero(counts > 1)[0])
         u, i = divmod(int(unique_keys[dup]), len(item_ids))
@@ -317,14 +351,14 @@ def _resolve_duplicates(rows, cols, values, times, policy, user_ids, item_ids):
         )
     if policy in ("first", "last"):
         keep = first if policy == "first" else _last_index(key, unique_keys)
-        return rows[keep], cols[keep], values[keep], None if times is None else times[keep]
+        return rows[keep], cols[keep], values[keep], None if times is None else times[keep], positions[keep]
     combined = {
         "sum": np.bincount(inverse, weights=values),
         "mean": np.bincount(inverse, weights=values) / counts,
         "max": _group_max(inverse, values, len(unique_keys)),
     }[policy]
     new_times = None if times is None else _group_max(inverse, times, len(unique_keys))
-    return rows[first], cols[first], combined, new_times
+    return rows[first], cols[first], combined, new_times, positions[first]
 
 
 def _last_index(key, unique_keys):

@@ -152,10 +152,12 @@ def strong_generalization(interactions: Interactions, n_heldout: int, seed: int 
        afresh for the validation and for the test users (as vae_cf); the rest is fold-in.
        Users with fewer than 5 keep everything as fold-in (nothing to rank).
 
-    Departure from vae_cf, named: within a user the draw indexes the items in
-    ascending raw-id order, while vae_cf indexes them in file row order. The two
-    coincide for files sorted by user then item (ML-20M's ratings.csv); for
-    other files the draw is a different, equally random one.
+    Within a user the draw indexes the items in the source's row order
+    (``Interactions.positions``, kept from the file or frame), as vae_cf's groupby
+    does, so the split equals vae_cf's on unsorted files (ML-100K's u.data) too.
+    Interactions built from a CSR have no source order: their items are indexed
+    in column order, which is the file's order for files sorted by user then item
+    (ML-20M's ratings.csv).
     """
     if not isinstance(n_heldout, (int, np.integer)) or n_heldout < 1:
         raise ValueError(f"n_heldout={n_heldout!r}; expected an integer >= 1")
@@ -182,14 +184,15 @@ def strong_generalization(interactions: Interactions, n_heldout: int, seed: int 
 
 # -- helpers ----------------------------------------------------------------
 def _fold_in_split(users: Interactions, heldout_fraction: float, seed: int) -> tuple[Interactions, Interactions]:
-    """vae_cf's split_train_test_proportion on the rows of ``users`` (in row order)."""
+    """vae_cf's split_train_test_proportion on the rows of ``users`` (in row order; a row's items in source order)."""
     rng = np.random.RandomState(seed)
     counts = np.diff(users.matrix.indptr)
+    in_source_order = users.source_order()
     heldout = np.zeros(users.nnz, dtype=bool)
     for row, n in enumerate(counts):  # sequential draws: the order of the RNG stream is the protocol
         if n >= 5:
             chosen = rng.choice(n, size=int(heldout_fraction * n), replace=False)
-            heldout[users.matrix.indptr[row] + chosen] = True
+            heldout[in_source_order[users.matrix.indptr[row] + chosen]] = True
     return users.keep_entries(~heldout), users.keep_entries(heldout)
 
 
