@@ -18,6 +18,7 @@ checkpoint is never continued with other data or settings by mistake.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -66,8 +67,12 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
             raise TypeError("a history of the wrong kind")
         if len(snapshot["optimizers"]) != len(loop.optimizers):
             raise ValueError(f"{len(snapshot['optimizers'])} optimizer states for {len(loop.optimizers)} phases")
+        check_weights(snapshot["module"].state_dict, module, "weights")
         module.load_state_dict(snapshot["module"].state_dict)
+        if snapshot["best_weights"] is not None:
+            check_weights(snapshot["best_weights"], module, "best weights")
         for optimizer, saved in zip(loop.optimizers, snapshot["optimizers"]):
+            check_optimizer_state(optimizer, saved)
             optimizer.load_state_dict(saved)
             match_parameter_layout(optimizer)
         loop.training.generator.set_state(snapshot["generator"])
@@ -79,6 +84,84 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
         return True
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise StateFileError(f"{path}/{KIND}.json cannot be resumed: {' '.join(str(exc).split())[:500]}") from exc
+
+
+def check_weights(saved, module, what: str) -> None:
+    """Refuse saved weights that are not the module's own tensors (names, shapes, dtypes) or are not finite."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"{what} of type {type(saved).__name__}; expected a dict of tensors")
+    expected = module.state_dict()
+    if set(saved) != set(expected):
+        odd = sorted(set(saved) ^ set(expected), key=str)[0]
+        raise ValueError(f"{what} {'hold' if odd in saved else 'lack'} {odd!r}; expected the module's {len(expected)} "
+                         "tensors")
+    for name, tensor in saved.items():
+        wanted = expected[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != wanted.shape or tensor.dtype != wanted.dtype:
+            found = (f"shape {list(tensor.shape)}, {tensor.dtype}" if isinstance(tensor, torch.Tensor)
+                     else type(tensor).__name__)
+            raise ValueError(f"{what} {name!r}: {found}; expected shape {list(wanted.shape)}, {wanted.dtype}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what} {name!r} hold values that are not finite (NaN or infinity)")
+
+
+def check_optimizer_state(optimizer, saved) -> None:
+    """Refuse a saved optimizer state that does not fit the optimizer's parameters, before torch reads it.
+
+    torch's ``load_state_dict`` checks only the number of parameters per group; a moment of another
+    shape (Adam's ``exp_avg`` of shape [1] for a [600, 1000] weight) goes through and the fused step
+    then reads and writes outside it (a segmentation fault) or fills the weights with NaN. Each
+    per-parameter tensor must have its parameter's shape and dtype and be finite; ``step`` must be
+    one finite, non-negative number.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(
+            saved.get("param_groups"), list) or len(saved["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(f"an optimizer state that is not one with {len(optimizer.param_groups)} parameter group(s)")
+    parameters = {}
+    for saved_group, group in zip(saved["param_groups"], optimizer.param_groups):
+        indices = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not isinstance(indices, list) or len(indices) != len(group["params"]):
+            raise ValueError("optimizer parameter groups that do not match the model's parameters")
+        parameters.update(zip(indices, group["params"]))
+    flat_size = sum(param.numel() for param in parameters.values())  # L-BFGS keeps flat vectors of all of them
+    for index, entries in saved["state"].items():
+        param = parameters.get(index)
+        if param is None or not isinstance(entries, dict):
+            raise ValueError(f"optimizer state for parameter {index!r}, which no parameter group holds")
+        for name, value in entries.items():
+            if isinstance(optimizer, torch.optim.LBFGS) and isinstance(value, (list, tuple)):
+                for item in value:
+                    check_state_value(f"{name} entry", item, param, flat_size)
+            else:
+                check_state_value(name, value, param, None if not isinstance(optimizer, torch.optim.LBFGS) else flat_size)
+
+
+def check_state_value(name: str, value, param: torch.Tensor, flat_size: int | None) -> None:
+    """One value of a parameter's optimizer state: a finite number, None (SGD without momentum), a ``step``
+    count, or a finite tensor of the parameter's shape and dtype (L-BFGS: one number or a flat vector of
+    ``flat_size``)."""
+    if value is None:
+        return
+    if not isinstance(value, torch.Tensor):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"optimizer state {name!r} = {str(value)[:80]!r}; expected a finite number or a tensor")
+        return
+    if value.layout != torch.strided or value.is_complex():
+        raise ValueError(f"optimizer state {name!r} is a {value.layout} {value.dtype} tensor; expected a dense real one")
+    if name == "step":
+        if value.numel() != 1 or not bool(torch.isfinite(value).all()) or float(value) < 0:
+            raise ValueError(f"optimizer state 'step' of shape {list(value.shape)}; expected one finite count >= 0")
+        return
+    if flat_size is not None:
+        fits = value.dim() <= 1 and value.numel() in (1, flat_size) and value.dtype == param.dtype
+        expected = f"one number or a vector of {flat_size}, {param.dtype}"
+    else:
+        fits = value.shape == param.shape and value.dtype == param.dtype
+        expected = f"the parameter's shape {list(param.shape)}, {param.dtype}"
+    if not fits:
+        raise ValueError(f"optimizer state {name!r} of shape {list(value.shape)}, {value.dtype}; expected {expected}")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"optimizer state {name!r} holds values that are not finite (NaN or infinity)")
 
 
 def match_parameter_layout(optimizer) -> None:

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from aerec._torch import resolve_device
-from aerec.checkpoint import load_checkpoint, save_checkpoint
+from aerec.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from aerec.data.batching import RowBatch, RowSource
 from aerec.distributed import LOSS_REDUCTIONS, data_parallel_batch_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
@@ -208,11 +208,15 @@ def train(module: torch.nn.Module, data, batch_loss: BatchLoss, config: TrainCon
     loss_fn = with_precision(batch_loss, device, config.precision)
     loss_fn = data_parallel_batch_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
-    fingerprint = checkpoint_fingerprint(config, module, source, rows, phases)
+    fingerprint = checkpoint_fingerprint(config, module, source, rows, phases, data)
     if config.checkpoint is not None and config.checkpoint.resume and not warm:
         load_checkpoint(config.checkpoint.path, fingerprint, module, loop)
     history, training = loop.history, loop.training
     start = len(history.epochs)
+    if not warm and start > config.epochs and not history.stopped_early:
+        raise CheckpointMismatchError(
+            f"the checkpoint in {config.checkpoint.path} has {start} epochs done; epochs={config.epochs} asks for "
+            f"fewer: resume with epochs >= {start} (or start without resume)")
     if warm:
         end, history.stopped_early, history.stop_reason = start + config.epochs, False, None
     else:
@@ -319,19 +323,45 @@ def phase_parameters(module: torch.nn.Module, phase: Phase) -> list[torch.Tensor
     return params
 
 
-def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows, phases: Sequence[Phase]) -> dict:
-    """What a checkpoint must agree on to be resumed: settings, data shape, parameter shapes, phases, the caller's tag.
+def checkpoint_fingerprint(config: TrainConfig, module, source: RowSource, rows, phases: Sequence[Phase],
+                           data=None) -> dict:
+    """What a checkpoint must agree on to be resumed: settings, data (shape and content), parameter shapes, phases,
+    the caller's tag.
 
-    The epoch count, device, progress bar and time budget may change between the runs (training longer is a resume too).
+    The epoch count, device, progress bar and time budget may change between the runs (training longer is a resume
+    too). The data's content is a SHA-256 of its arrays (and of ``rows``), taken only when checkpointing: two files
+    of one shape and size (two item ids swapped, every rating changed) are not the same run.
     """
     settings = {name: getattr(config, name) for name in ("batch_size", "optimizer", "lr", "weight_decay", "seed",
                                                          "patience", "validate_every", "shuffle", "precision",
                                                          "loss_reduction")}
+    content = content_digest(data, rows) if config.checkpoint is not None and data is not None else None
     return {"settings": settings, "data": {"shape": list(source.shape), "nnz": source.nnz,
-                                           "rows": None if rows is None else int(len(rows))},
+                                           "rows": None if rows is None else int(len(rows)), "sha256": content},
             "parameters": {name: list(p.shape) for name, p in module.named_parameters()},
             "phases": [[phase.name, phase.passes, phase.optimizer, phase.lr, list(phase.epochs)] for phase in phases],
             "tag": config.checkpoint.tag if config.checkpoint is not None else {}}
+
+
+def content_digest(data, rows) -> str:
+    """SHA-256 of the training data's values and pattern (a CSR's indptr, indices and data in canonical order,
+    or a dense array's bytes) and of the rows trained on."""
+    import hashlib
+
+    import scipy.sparse as sp
+
+    digest = hashlib.sha256()
+    if sp.issparse(data):
+        matrix = sp.csr_matrix(data)
+        if not matrix.has_canonical_format:
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        arrays = (matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64), matrix.data.astype(np.float32))
+    else:
+        arrays = (np.asarray(data, dtype=np.float32),)
+    for array in (*arrays, *(() if rows is None else (np.asarray(rows, dtype=np.int64),))):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def single_process(batch_loss: BatchLoss):

@@ -1,0 +1,145 @@
+"""Hostile and unlucky inputs (issue "Hardening"): crafted checkpoints, resumes on other data, weights that are not
+weights. Each case here was reproduced on the code before its fix (a segmentation fault, NaN weights, a silent
+resume on another file, a model scoring every item 601)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from aerec.checkpoint import CheckpointMismatchError
+from aerec.models import make_model
+from aerec.state import StateFileError, sha256_of_file
+from tests.conftest import REPO, random_implicit_csr
+
+SMALL_VAE = {"hidden": 20, "latent": 8, "batch_size": 50}
+
+
+def rewrite_tensors(directory, kind: str, change) -> None:
+    """Give the state in ``directory/<kind>.json`` new tensors (``change(tensors)`` edits the dict in place) with the
+    sizes, shapes and checksum made to agree, as a crafted file would."""
+    from safetensors.torch import load_file, save_file
+
+    document_path = directory / f"{kind}.json"
+    document = json.loads(document_path.read_text())
+    old = directory / document["tensors"]["file"]
+    tensors = load_file(old)
+    change(tensors)
+    new = directory / "crafted.safetensors"
+    save_file(tensors, new)
+    digest = sha256_of_file(new)
+    final = directory / f"tensors-{digest}.safetensors"
+    new.rename(final)
+    if final != old:
+        old.unlink()
+    document["tensors"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": digest}
+    document["shapes"] = {name: list(tensor.shape) for name, tensor in tensors.items()}
+    document_path.write_text(json.dumps(document))
+
+
+def small_data():
+    """200 training users and 30 validation users (70% of their items fold-in, 30% held out) of 120 items."""
+    train = random_implicit_csr(200, 120, seed=0)
+    users = random_implicit_csr(30, 120, seed=1, density=0.3).tocoo()
+    keep = np.random.default_rng(3).random(users.nnz) < 0.7
+    part = lambda mask: sp.csr_matrix((users.data[mask], (users.row[mask], users.col[mask])), users.shape)  # noqa: E731
+    return train, (part(keep), part(~keep))
+
+
+@pytest.fixture
+def vae_checkpoint(tmp_path):
+    train, validation = small_data()
+    make_model("mult_vae", epochs=2, **SMALL_VAE).fit(train, validation, checkpoint=tmp_path)
+    return tmp_path, train, validation
+
+
+def first_moment(tensors) -> str:
+    return next(name for name, tensor in tensors.items() if name.endswith(".exp_avg") and tensor.dim() == 2)
+
+
+# -- 1. optimizer state and best weights checked before they reach the optimizer -----------------------
+def test_adam_moments_of_shape_1_are_refused_not_a_segmentation_fault(vae_checkpoint):
+    directory, _, _ = vae_checkpoint
+    rewrite_tensors(directory, "checkpoint", lambda t: t.update({first_moment(t): torch.zeros(1)}))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from aerec.models import make_model
+        from aerec.state import StateFileError
+        from tests.test_hardening import small_data
+        train, validation = small_data()
+        try:
+            make_model("mult_vae", epochs=4, **{SMALL_VAE!r}).fit(train, validation, checkpoint={str(directory)!r})
+        except StateFileError as error:
+            print(error)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])  # was -11 (SIGSEGV in fused Adam) on larger weights, NaN here
+    assert "cannot be resumed" in done.stdout and "'exp_avg' of shape [1]" in done.stdout
+    assert "expected the parameter's shape [20, 120]" in done.stdout or "expected the parameter's shape" in done.stdout
+
+
+@pytest.mark.parametrize("crafted, message", [
+    (lambda t: t.update({first_moment(t): torch.zeros(3, 3)}), r"'exp_avg' of shape \[3, 3\]"),  # was: NaN weights
+    (lambda t: t.update({first_moment(t): torch.full_like(t[first_moment(t)], float("nan"))}), "not finite"),
+    (lambda t: t.update({first_moment(t): t[first_moment(t)].double()}), "torch.float64"),
+    (lambda t: t.update({first_moment(t).replace("exp_avg", "step"): torch.tensor(-1.0)}), "'step' of shape"),
+])
+def test_optimizer_state_that_does_not_fit_its_parameter_is_refused(vae_checkpoint, crafted, message):
+    directory, train, validation = vae_checkpoint
+    rewrite_tensors(directory, "checkpoint", crafted)
+    with pytest.raises(StateFileError, match=message):
+        make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+
+
+def test_a_checkpoint_whose_best_weights_are_not_finite_is_refused(vae_checkpoint):
+    directory, train, validation = vae_checkpoint
+
+    def poison(tensors):
+        name = next(name for name in tensors if ".best_weights." in name and name.endswith("weight"))
+        tensors[name] = torch.full_like(tensors[name], float("inf"))
+
+    rewrite_tensors(directory, "checkpoint", poison)
+    with pytest.raises(StateFileError, match="best weights .* not finite"):  # was: exit 0, an unloadable model
+        make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+
+
+def test_a_resumed_checkpoint_with_fitting_state_still_equals_an_uninterrupted_run(vae_checkpoint):
+    directory, train, validation = vae_checkpoint
+    resumed = make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+    whole = make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation)
+    for (name, a), (_, b) in zip(resumed.module_.state_dict().items(), whole.module_.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+# -- 3. resume only on the same data, and never with fewer epochs than done ----------------------------
+def test_resume_on_data_of_the_same_shape_and_size_is_refused(vae_checkpoint):
+    directory, train, validation = vae_checkpoint
+    swapped = train[:, np.r_[1, 0, 2:train.shape[1]]]  # two item ids swapped: same shape, same nnz
+    assert swapped.nnz == train.nnz and (swapped != train).nnz
+    with pytest.raises(CheckpointMismatchError, match="written by another run .*sha256"):
+        make_model("mult_vae", epochs=4, **SMALL_VAE).fit(sp.csr_matrix(swapped), validation, checkpoint=directory)
+
+
+def test_autorec_resumed_on_changed_ratings_is_refused(tmp_path):
+    ratings = random_implicit_csr(60, 40, seed=0)
+    ratings.data = np.random.default_rng(0).integers(1, 6, ratings.nnz).astype(np.float32)
+    make_model("autorec", hidden=10, epochs=2).fit(ratings, checkpoint=tmp_path)
+    changed = ratings.copy()
+    changed.data = 6.0 - changed.data  # every rating changed, the pattern kept
+    with pytest.raises(CheckpointMismatchError, match="sha256"):
+        make_model("autorec", hidden=10, epochs=4).fit(changed, checkpoint=tmp_path)
+
+
+def test_resuming_with_fewer_epochs_than_done_says_so(vae_checkpoint):
+    directory, train, validation = vae_checkpoint
+    with pytest.raises(CheckpointMismatchError, match=r"has 2 epochs done; epochs=1 asks for fewer"):
+        make_model("mult_vae", epochs=1, **SMALL_VAE).fit(train, validation, checkpoint=directory)
