@@ -18,6 +18,8 @@ previous model in the directory loadable. Loading refuses, with a
 - a directory from another format version;
 - missing or damaged files;
 - tensors whose shapes do not match the model;
+- weights of another dtype than the model saves (``fitted_dtypes``, float32
+  otherwise), or with values that are not finite (never cast or trusted);
 - a state that loads but cannot score a (blank) user;
 - a tensor file that is a pickle or a ``torch.save`` archive (refused before it is parsed).
 """
@@ -119,6 +121,7 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
     if bad:
         raise StateFileError(f"{where} holds fitted attribute {bad[0]!r}; expected names ending in '_'")
     check_catalogue(plain, where)
+    check_numbers(model, plain, modules, where)
     if "device_" in plain:
         plain["device_"] = resolve_device(device or getattr(model, "device", "auto"))
         check_device_available(plain["device_"], "device")
@@ -146,6 +149,38 @@ def check_catalogue(plain: dict, where: str) -> None:
     if not isinstance(item_ids, np.ndarray) or item_ids.shape != (n_items,):
         found = f"shape {item_ids.shape}" if isinstance(item_ids, np.ndarray) else type(item_ids).__name__
         raise StateFileError(f"{where} holds item_ids_ of {found}; expected an array of {n_items} ids, one per item")
+
+
+def check_numbers(model, plain: dict, modules: dict, where: str) -> None:
+    """Refuse weights that are not the numbers the model saves: a numeric fitted array (or a sparse matrix's values)
+    of another dtype than the model's (``fitted_dtypes``, float32 otherwise), a network tensor that is not float32,
+    and values that are not finite. bool weights scored every item 601 and an infinite decoder bias wrote no
+    recommendation; a cast would hide both."""
+    arrays = {}
+    entries = [(f"{name}[{i}]", item) if isinstance(value, (tuple, list)) else (name, value)
+               for name, value in plain.items() if name != "item_ids_"
+               for i, item in (enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)])]
+    for name, value in entries:
+        if sp.issparse(value):
+            value = value.data
+        if isinstance(value, torch.Tensor):
+            arrays[name] = (str(value.dtype).removeprefix("torch."), value)
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+            arrays[name] = (value.dtype.name, value)
+        elif isinstance(value, float) and not np.isfinite(value):
+            raise StateFileError(f"{where} holds {name}={value!r}; expected a finite number")
+    for name, weights in modules.items():
+        if isinstance(weights.state_dict, dict):
+            arrays.update({f"{name} weight {key!r}": (str(value.dtype).removeprefix("torch."), value)
+                           for key, value in weights.state_dict.items() if isinstance(value, torch.Tensor)})
+    for name, (dtype, value) in arrays.items():
+        expected = "float32" if " weight " in name else type(model).fitted_dtypes.get(name.split("[")[0], "float32")
+        if dtype != expected:
+            raise StateFileError(f"{where} holds {name} as {dtype}; a {type(model).__name__} saves {expected} "
+                                 "(refused rather than cast)")
+        if dtype.startswith("float") and not bool((torch.isfinite(value) if isinstance(value, torch.Tensor)
+                                                   else np.isfinite(value)).all()):
+            raise StateFileError(f"{where} holds {name} with values that are not finite (NaN or infinity)")
 
 
 def check_module_shapes(model, name: str, weights: ModuleWeights, where: str) -> None:

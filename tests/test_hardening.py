@@ -143,3 +143,69 @@ def test_resuming_with_fewer_epochs_than_done_says_so(vae_checkpoint):
     directory, train, validation = vae_checkpoint
     with pytest.raises(CheckpointMismatchError, match=r"has 2 epochs done; epochs=1 asks for fewer"):
         make_model("mult_vae", epochs=1, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+
+
+# -- 6. numbers that are not weights, refused at load -----------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    import aerec
+
+    train = random_implicit_csr(80, 50, seed=0)
+    folder = tmp_path_factory.mktemp("models")
+    aerec.save(make_model("ease", device="cpu").fit(train), folder / "ease")
+    aerec.save(make_model("mult_vae", epochs=1, **SMALL_VAE).fit(train), folder / "mult_vae")
+    return folder
+
+
+def crafted_copy(saved_models, name, tmp_path, change):
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(saved_models / name, copy)
+    rewrite_tensors(copy, "config", change)
+    return copy
+
+
+def ease_weights(tensors) -> str:
+    return next(name for name in tensors if name.endswith("weights_"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8, torch.int64, torch.float16, torch.float64])
+def test_weights_of_another_dtype_are_refused_not_cast(saved_models, tmp_path, dtype):
+    import aerec
+
+    def recast(tensors):
+        tensors[ease_weights(tensors)] = (tensors[ease_weights(tensors)] != 0).to(dtype)
+
+    crafted = crafted_copy(saved_models, "ease", tmp_path, recast)
+    with pytest.raises(StateFileError, match=f"weights_ as {str(dtype).removeprefix('torch.')}; a EASE saves float32"):
+        aerec.load(crafted)  # bool weights used to score every item 601
+
+
+def test_infinite_weights_and_a_minus_infinite_decoder_bias_are_refused(saved_models, tmp_path):
+    import aerec
+
+    crafted = crafted_copy(saved_models, "ease", tmp_path,
+                           lambda t: t.update({ease_weights(t): torch.full_like(t[ease_weights(t)], float("inf"))}))
+    with pytest.raises(StateFileError, match="weights_ with values that are not finite"):
+        aerec.load(crafted)  # loaded and wrote inf scores
+
+    def minus_infinite_bias(tensors):
+        name = [name for name in tensors if name.endswith(".bias")][-1]  # the decoder's output bias
+        tensors[name] = torch.full_like(tensors[name], float("-inf"))
+
+    crafted = crafted_copy(saved_models, "mult_vae", tmp_path, minus_infinite_bias)
+    with pytest.raises(StateFileError, match=r"module_ weight '.*bias' with values that are not finite"):
+        aerec.load(crafted)  # "wrote 0 recommendations", exit 0
+
+
+def test_models_that_keep_other_dtypes_load_as_saved(tmp_path):
+    import aerec
+
+    ratings = random_implicit_csr(60, 40, seed=0)
+    ratings.data = np.random.default_rng(0).integers(1, 6, ratings.nnz).astype(np.float32)
+    for name, kwargs in (("bias", {}), ("autorec", {"hidden": 8, "epochs": 1}), ("edlae", {"rank": 4}),
+                         ("als", {"iterations": 1})):
+        model = make_model(name, **kwargs).fit(ratings)
+        loaded = aerec.load(aerec.save(model, tmp_path / name))
+        np.testing.assert_allclose(loaded.score(ratings[:5]), model.score(ratings[:5]), rtol=1e-6)

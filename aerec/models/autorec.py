@@ -283,6 +283,7 @@ class AutoRec(TorchRecommender):
       by its share of the rows, so the batches' losses add up to the paper's objective.
     """
 
+    fitted_dtypes = {"user_seen_": "bool", "item_seen_": "bool"}
     parameter_constraints = {
         "kind": [Options(*KINDS)], "hidden": [POSITIVE_INT], "l2": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
         "lr": [POSITIVE, None], "batch_size": [POSITIVE_INT, None], "default_rating": [Interval(float)],

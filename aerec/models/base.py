@@ -40,6 +40,9 @@ class Recommender:
     #: ``{parameter: FloatRange | IntRange | Choice}`` a tuner searches by default (see :mod:`aerec.search_space`):
     #: the ranges the model's paper or reference code searched; merged along the class hierarchy (None removes).
     search_space: dict = {}
+    #: ``{fitted attribute: numpy dtype name}`` for numeric fitted arrays that are not float32 (a model file with
+    #: another dtype is refused at load); ``item_ids_`` may hold any ids.
+    fitted_dtypes: dict = {}
 
     def fit(self, train, validation=None, checkpoint=None, callbacks=(), warm_start: bool = False, *,
             user: str = "user", item: str = "item", rating: str | bool | None = None) -> "Recommender":

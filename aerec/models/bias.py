@@ -39,6 +39,7 @@ class BiasBaseline(Recommender):
 
     parameter_constraints = {"reg_user": [POSITIVE], "reg_item": [POSITIVE], "iterations": [POSITIVE_INT]}
     search_space = {"reg_user": FloatRange(0.1, 100.0, log=True), "reg_item": FloatRange(0.1, 100.0, log=True)}
+    fitted_dtypes = {"user_bias_": "float64", "item_bias_": "float64"}
 
     def _fit(self, matrix, validation) -> None:
         coo = matrix.tocoo()
