@@ -33,10 +33,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aerec._version import __version__
 from aerec._torch import check_device_available, resolve_device
-from aerec.state import ModuleWeights, StateFileError, read_state, write_state
+from aerec._version import __version__
 from aerec.core.variational import ConstantBeta, LinearAnneal
+from aerec.state import ModuleWeights, StateFileError, read_state, write_state
 from aerec.training_state import History
 
 KIND = "config"

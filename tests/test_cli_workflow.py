@@ -111,7 +111,8 @@ def test_a_failing_recommend_leaves_no_output_and_keeps_an_old_one(trained, tmp_
     output = tmp_path / "recs.csv"
     output.write_text("earlier results\n")
     pd.DataFrame({"user": [1], "item": ["not-an-item"]}).to_csv(tmp_path / "users.csv", index=False)
-    code, stdout, err = run(capsys, "recommend", "--model", out, "--input", tmp_path / "users.csv", "--output", output)
+    code, stdout, err = run(capsys, "recommend", "--model", out, "--input", tmp_path / "users.csv", "--output", output,
+                            "--overwrite")
     assert code == 2 and stdout == "" and "none of the 1 items of --input" in err
     assert output.read_text() == "earlier results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.csv", "users.csv"]

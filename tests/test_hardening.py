@@ -5,6 +5,7 @@ resume on another file, a model scoring every item 601)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -209,3 +210,68 @@ def test_models_that_keep_other_dtypes_load_as_saved(tmp_path):
         model = make_model(name, **kwargs).fit(ratings)
         loaded = aerec.load(aerec.save(model, tmp_path / name))
         np.testing.assert_allclose(loaded.score(ratings[:5]), model.score(ratings[:5]), rtol=1e-6)
+
+
+# -- 7. outputs: never the input, never clobbered without --overwrite, no temporaries left to pile up ------
+@pytest.fixture(scope="module")
+def recommend_setup(tmp_path_factory):
+    import aerec
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("outputs")
+    train = random_implicit_csr(80, 50, seed=0)
+    aerec.save(make_model("ease", device="cpu").fit(train), folder / "model")
+    coo = train[:5].tocoo()
+    pd.DataFrame({"user": coo.row, "item": coo.col}).to_csv(folder / "users.csv", index=False)
+    return folder
+
+
+def cli(*argv):
+    from aerec.cli import main
+
+    return main([str(arg) for arg in argv])
+
+
+def test_recommend_refuses_to_write_over_its_input_under_another_spelling(recommend_setup, capsys):
+    folder = recommend_setup
+    before = (folder / "users.csv").read_bytes()
+    link = folder / "same-users.csv"
+    if not link.exists():
+        link.symlink_to(folder / "users.csv")
+    for output in (folder / "users.csv", folder / "." / "users.csv", link):
+        code = cli("recommend", "--model", folder / "model", "--input", folder / "users.csv", "--output", output,
+                   "--overwrite")
+        assert code == 2 and "is the same file as --input" in capsys.readouterr().err
+    assert (folder / "users.csv").read_bytes() == before  # was overwritten with the recommendations
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_passed(recommend_setup, tmp_path, capsys):
+    folder = recommend_setup
+    output = tmp_path / "recs.csv"
+    output.write_text("earlier results\n")
+    for command in (["recommend", "--model", folder / "model", "--input", folder / "users.csv"],
+                    ["similar", "--model", folder / "model", "--items", "1,2"],
+                    ["embed", "--model", folder / "model"]):
+        assert cli(*command, "--output", output) == 2
+        assert "already exists; pass --overwrite to replace it" in capsys.readouterr().err
+        assert output.read_text() == "earlier results\n"
+    assert cli("recommend", "--model", folder / "model", "--input", folder / "users.csv", "--output", output,
+               "--overwrite") == 0
+    assert output.read_text().startswith("user,item,rank,score")
+
+
+def test_temporaries_a_killed_recommend_left_are_removed_at_the_next_start(recommend_setup, tmp_path):
+    import socket
+
+    folder = recommend_setup
+    output = tmp_path / "recs.parquet"
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".recs.parquet.{host}-{int(dead.stdout)}.abc123.tmp"
+    alive = tmp_path / f".recs.parquet.{host}-{os.getpid()}.def456.tmp"  # a writer still running: kept
+    foreign = tmp_path / f".recs.parquet.otherhost-{int(dead.stdout)}.ghi789.tmp"  # not this host's to judge
+    for path in (stale, alive, foreign):
+        path.write_bytes(b"x" * 1000)
+    assert cli("recommend", "--model", folder / "model", "--input", folder / "users.csv", "--output", output) == 0
+    assert not stale.exists() and alive.exists() and foreign.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([alive.name, foreign.name, "recs.parquet"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import socket
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -284,9 +286,39 @@ def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | No
 
 
 # -- output ---------------------------------------------------------------------------------------
+OUTPUT_FORMATS = (".csv", ".parquet")
+
+
+def add_overwrite_argument(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (as train's --overwrite)")
+
+
+def check_output(output: str | None, overwrite: bool, inputs=()) -> Path | None:
+    """``--output`` as a path, checked before any work: a .csv or .parquet name, not one of ``inputs`` (compared by
+    inode, so another spelling of the input's path is caught), and not an existing file unless ``overwrite``."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix not in OUTPUT_FORMATS:
+        raise CliError(f"--output {path}: expected a name ending in {' or '.join(OUTPUT_FORMATS)}")
+    for flag, given in inputs:
+        if given is not None and path.exists() and Path(given).exists() and os.path.samefile(path, given):
+            raise CliError(f"--output {path} is the same file as {flag} {given}; writing would destroy the input: "
+                           "name another output")
+    if path.is_dir():
+        raise CliError(f"--output {path} is a directory; expected a file name")
+    if path.exists() and not overwrite:
+        raise CliError(f"--output {path} already exists; pass --overwrite to replace it")
+    return path
+
+
 @contextmanager
 def atomic_output(path: Path):
-    """Yield a temporary path beside ``path``; renamed onto it only when the block succeeds (else removed)."""
+    """Yield a temporary path beside ``path``; renamed onto it only when the block succeeds (else removed).
+
+    The temporary's name holds this host and process id; temporaries of the same output that a killed run of this
+    host left (their process is gone) are removed first.
+    """
     path = Path(path)
     if path.is_dir():
         raise CliError(f"--output {path} is a directory; expected a file name")
@@ -294,7 +326,9 @@ def atomic_output(path: Path):
         raise CliError(f"--output {path}: folder {path.parent} does not exist")
     from aerec.state import default_file_mode
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    host = socket.gethostname().replace(".", "_")
+    remove_stale_temporaries(path, host)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{host}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     os.chmod(temporary, default_file_mode())
     try:
@@ -302,6 +336,27 @@ def atomic_output(path: Path):
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path, host: str) -> None:
+    """Delete ``.<name>.<host>-<pid>.*.tmp`` files beside ``path`` whose process no longer runs on this host."""
+    prefix = f".{path.name}.{host}-"
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if not candidate.name.startswith(prefix):
+            continue  # another host's, or a name without a process id: not ours to judge
+        pid = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def format_metrics(title: str, metrics: dict) -> list[str]:

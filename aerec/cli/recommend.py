@@ -16,15 +16,15 @@ import pandas as pd
 from aerec.cli.common import (
     CliError,
     Reading,
+    add_overwrite_argument,
     add_reading_arguments,
     atomic_output,
+    check_output,
     check_positive_int,
     load_dataset,
     progress,
 )
 from aerec.data.catalogue import align_to_catalogue, recommendations_frame
-
-OUTPUT_FORMATS = (".csv", ".parquet")
 
 
 def register(commands) -> None:
@@ -43,6 +43,7 @@ def register(commands) -> None:
                              "ratings file (u.data, ratings.dat, ratings.csv)")
     parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
     parser.add_argument("--output", required=True, help="recs.csv or recs.parquet (written when complete)")
+    add_overwrite_argument(parser)
     parser.add_argument("--include-seen", action="store_true", help="do not exclude the items a user already has")
     parser.add_argument("--memory-mib", type=int,
                         help="memory for one batch of scores, in MiB (default: 8 on the CPU, 256 on a GPU)")
@@ -56,9 +57,7 @@ def run(args) -> int:
 
     check_positive_int("--n", args.n)
     check_positive_int("--memory-mib", args.memory_mib)
-    output = Path(args.output)
-    if output.suffix not in OUTPUT_FORMATS:
-        raise CliError(f"--output {output}: expected a name ending in {' or '.join(OUTPUT_FORMATS)}")
+    output = check_output(args.output, args.overwrite, [("--input", args.input)])
     if not Path(args.model).is_dir():
         raise CliError(f"--model {args.model} is not a directory; expected one written by aerec train")
     model = model_files.load(args.model, device=args.device)

@@ -14,10 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aerec.cli.common import CliError, add_reading_arguments, atomic_output, check_positive_int, progress
+from aerec.cli.common import (
+    CliError,
+    add_overwrite_argument,
+    add_reading_arguments,
+    atomic_output,
+    check_output,
+    check_positive_int,
+    progress,
+)
 from aerec.cli.recommend import load_histories
-
-OUTPUT_FORMATS = (".csv", ".parquet")
 
 
 def register(commands) -> None:
@@ -32,6 +38,7 @@ def register(commands) -> None:
     similar.add_argument("--n", type=int, default=10, help="neighbours per item (default 10)")
     similar.add_argument("--metric", help="cosine, dot, or weight (EASE, DLAE, EDLAE); default: the model's own")
     similar.add_argument("--output", help="write to this .csv or .parquet instead of stdout")
+    add_overwrite_argument(similar)
     similar.set_defaults(run=run_similar)
 
     embed = commands.add_parser(
@@ -41,6 +48,7 @@ def register(commands) -> None:
                     "of fixed-size float32 lists; CSV the columns e0..e{d-1}.")
     embed.add_argument("--model", required=True, help="a model directory written by aerec train (or aerec.save)")
     embed.add_argument("--output", required=True, help="items.parquet or items.csv (written when complete)")
+    add_overwrite_argument(embed)
     embed.add_argument("--input", help="histories (CSV or Parquet with user,item[,rating]): embed these users instead")
     add_reading_arguments(embed, "--input", histories=True)
     embed.set_defaults(run=run_embed)
@@ -54,18 +62,9 @@ def load_model(directory: str):
     return model_files.load(directory)
 
 
-def check_output(output: str | None) -> Path | None:
-    if output is None:
-        return None
-    path = Path(output)
-    if path.suffix not in OUTPUT_FORMATS:
-        raise CliError(f"--output {path}: expected a name ending in {' or '.join(OUTPUT_FORMATS)}")
-    return path
-
-
 def run_similar(args) -> int:
     check_positive_int("--n", args.n)
-    output = check_output(args.output)
+    output = check_output(args.output, args.overwrite)
     items = [item.strip() for item in args.items.split(",") if item.strip()]
     if not items:
         raise CliError(f"--items {args.items!r}: expected raw item ids separated by commas, e.g. 1,50")
@@ -79,7 +78,7 @@ def run_similar(args) -> int:
 
 
 def run_embed(args) -> int:
-    output = check_output(args.output)
+    output = check_output(args.output, args.overwrite, [("--input", args.input)])
     model = load_model(args.model)
     try:
         if args.input is None:
