@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -58,15 +60,66 @@ def csr_to_sparse_tensor(rows: sp.csr_matrix, device: torch.device) -> torch.Ten
 
 
 def available_memory_bytes() -> int | None:
-    """Memory the OS says is available (Linux ``MemAvailable``), or None where unknown."""
+    """Memory this process may still allocate, or None where unknown: the least of Linux's ``MemAvailable``, the
+    room under each cgroup v2 ``memory.max`` from this process's group up to the root (limit less
+    ``memory.current``), and the room under ``RLIMIT_AS`` (limit less the process's virtual size). A container or
+    ``ulimit -v`` smaller than the host is what an allocation runs into."""
+    candidates = [meminfo_available(), cgroup_room(), address_space_room()]
+    known = [value for value in candidates if value is not None]
+    return min(known) if known else None
+
+
+def meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cgroup_room(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
+    """The least ``memory.max - memory.current`` from this process's cgroup (v2) up to ``root``; None if unlimited."""
+    try:
+        with open(membership) as handle:
+            relative = next((line.strip()[3:] for line in handle if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if relative is None:
+        return None
+    rooms = []
+    folder = os.path.normpath(os.path.join(root, relative.lstrip("/")))
+    while True:
+        try:
+            with open(os.path.join(folder, "memory.max")) as handle:
+                limit = handle.read().strip()
+            with open(os.path.join(folder, "memory.current")) as handle:
+                current = int(handle.read().strip())
+            if limit != "max":
+                rooms.append(max(0, int(limit) - current))
+        except (OSError, ValueError):
+            pass
+        if os.path.normpath(folder) == os.path.normpath(root) or len(folder) <= len(root):
+            break
+        folder = os.path.dirname(folder)
+    return min(rooms) if rooms else None
+
+
+def address_space_room() -> int | None:
+    """``RLIMIT_AS`` less the process's virtual size (``ulimit -v``); None if unlimited or unknown."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as handle:
+            size = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:"))
+        return max(0, limit - size)
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
 
 
 def flat_in_memory_order(tensor: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from aerec._version import __version__
 from aerec.state import ModuleWeights, StateFileError, read_state, write_state
-from aerec.training_state import History, LoopState
+from aerec.training_state import History, LoopState, check_history
 
 KIND = "checkpoint"
 FORMAT, FORMAT_VERSION = "aerec-checkpoint", 2  # 2: phases (a list of optimizers), the loop's own generator
@@ -65,6 +65,12 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
             raise TypeError("no module weights")
         if not isinstance(snapshot["history"], History):
             raise TypeError("a history of the wrong kind")
+        check_history(snapshot["history"])
+        counters, since_best = snapshot["counters"], snapshot["since_best"]
+        if not isinstance(counters, dict) or not all(
+                not isinstance(counters.get(name), bool) and isinstance(counters.get(name), int) and counters[name] >= 0
+                for name in ("epoch", "update")) or isinstance(since_best, bool) or not isinstance(since_best, int):
+            raise ValueError(f"counters {str(counters)[:80]} and since_best {str(since_best)[:20]}; expected counts")
         if len(snapshot["optimizers"]) != len(loop.optimizers):
             raise ValueError(f"{len(snapshot['optimizers'])} optimizer states for {len(loop.optimizers)} phases")
         check_weights(snapshot["module"].state_dict, module, "weights")

@@ -37,7 +37,7 @@ from aerec._torch import check_device_available, resolve_device
 from aerec._version import __version__
 from aerec.core.variational import ConstantBeta, LinearAnneal
 from aerec.state import ModuleWeights, StateFileError, read_state, write_state
-from aerec.training_state import History
+from aerec.training_state import History, check_history
 
 KIND = "config"
 FORMAT, FORMAT_VERSION = "aerec-model", 1
@@ -122,6 +122,13 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
         raise StateFileError(f"{where} holds fitted attribute {bad[0]!r}; expected names ending in '_'")
     check_catalogue(plain, where)
     check_numbers(model, plain, modules, where)
+    if plain.get("history_") is not None:
+        try:
+            if not isinstance(plain["history_"], History):
+                raise ValueError(f"a history of type {type(plain['history_']).__name__}")
+            check_history(plain["history_"])
+        except ValueError as exc:
+            raise StateFileError(f"{where} holds {exc}") from exc
     if "device_" in plain:
         plain["device_"] = resolve_device(device or getattr(model, "device", "auto"))
         check_device_available(plain["device_"], "device")

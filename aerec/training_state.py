@@ -6,6 +6,7 @@ import this module, and it imports neither: no cycle.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,32 @@ class History:
 
     def column(self, name: str) -> list:
         return [record.get(name) for record in self.epochs]
+
+
+def check_history(history: History) -> None:
+    """Refuse a history read back from a file whose fields are not what the loop writes (a ValueError naming the
+    field): a crafted ``"updates": "3"`` would otherwise surface later as "can only concatenate str..."."""
+    def number(value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    def count(value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+    if not isinstance(history.epochs, list) or not all(
+            isinstance(record, dict) and all(isinstance(key, str) and (value is None or number(value))
+                                             for key, value in record.items()) for record in history.epochs):
+        raise ValueError("a history whose epochs are not records of named numbers")
+    problems = [
+        ("updates", history.updates, count(history.updates)),
+        ("best_epoch", history.best_epoch, history.best_epoch is None or (
+            count(history.best_epoch) and 1 <= history.best_epoch <= len(history.epochs))),
+        ("best_validation", history.best_validation, history.best_validation is None or number(history.best_validation)),
+        ("stopped_early", history.stopped_early, isinstance(history.stopped_early, bool)),
+        ("stop_reason", history.stop_reason, history.stop_reason is None or history.stop_reason in STOP_REASONS),
+    ]
+    for name, value, fine in problems:
+        if not fine:
+            raise ValueError(f"a history whose {name} is {str(value)[:60]!r}")
 
 
 @dataclass

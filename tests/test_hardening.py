@@ -275,3 +275,69 @@ def test_temporaries_a_killed_recommend_left_are_removed_at_the_next_start(recom
     assert cli("recommend", "--model", folder / "model", "--input", folder / "users.csv", "--output", output) == 0
     assert not stale.exists() and alive.exists() and foreign.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([alive.name, foreign.name, "recs.parquet"])
+
+
+# -- 8. errors keep the CLI's promise: exit 2, one line ---------------------------------------------------
+def test_a_loss_that_becomes_nan_is_one_line_and_exit_2(tmp_path, capsys):
+    code = cli("train", "--model", "mult_vae", "--dataset", "ml-latest-small", "--param", "lr=1e12", "--param",
+               "epochs=3", "--out", tmp_path / "m", "--quiet", "--threads", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err  # was a NonFiniteLossError traceback, exit 1
+    assert err.strip().splitlines()[-1].startswith("aerec train: error: the loss became nan")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("updates", "3", "history whose updates is '3'"),
+    ("best_epoch", 99, "history whose best_epoch is '99'"),
+    ("stop_reason", "bored", "history whose stop_reason is 'bored'"),
+])
+def test_wrong_typed_history_fields_in_a_checkpoint_are_named(vae_checkpoint, field, value, message):
+    directory, train, validation = vae_checkpoint
+    document = json.loads((directory / "checkpoint.json").read_text())
+    document["state"]["history"]["fields"][field] = value
+    (directory / "checkpoint.json").write_text(json.dumps(document))
+    with pytest.raises(StateFileError, match=message):
+        make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+
+
+def test_the_memory_check_sees_an_address_space_limit(tmp_path):
+    # under ulimit -v 3 GiB on a machine with far more available: EASE on 15,000 items (5.0 GiB in float64) is
+    # refused by the check with its estimate, not by a RuntimeError traceback from the allocator
+    script = textwrap.dedent("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, resource.RLIM_INFINITY))
+        from aerec._torch import address_space_room, available_memory_bytes, meminfo_available
+        from aerec.core.closed_form import check_dense_memory
+        assert available_memory_bytes() == address_space_room() < 3 * 2**30 < meminfo_available(), \\
+            (available_memory_bytes(), meminfo_available())
+        try:
+            check_dense_memory("EASE", 15_000, "float64")
+        except MemoryError as error:
+            print(error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "EASE on 15000 items needs about 5.0 GiB" in done.stdout and "GiB is available" in done.stdout
+
+
+def test_the_memory_check_reads_cgroup_v2_limits_up_to_the_root(tmp_path):
+    from aerec._torch import cgroup_room
+
+    root = tmp_path / "cgroup"
+    (root / "jobs" / "mine").mkdir(parents=True)
+    for folder, limit, current in ((root, "max", 9 * 2**30), (root / "jobs", str(6 * 2**30), 2 * 2**30),
+                                   (root / "jobs" / "mine", "max", 2**30)):
+        (folder / "memory.max").write_text(limit + "\n")
+        (folder / "memory.current").write_text(f"{current}\n")
+    membership = tmp_path / "cgroup-of-process"
+    membership.write_text("0::/jobs/mine\n")
+    assert cgroup_room(str(root), str(membership)) == 4 * 2**30  # the parent's 6 GiB limit less its 2 GiB in use
+    membership.write_text("4:memory:/v1-only\n")
+    assert cgroup_room(str(root), str(membership)) is None
+
+
+def test_a_memory_error_without_a_message_still_says_what_happened():
+    from aerec.cli import error_sentence
+
+    assert error_sentence(MemoryError()).startswith("out of memory (MemoryError): the input or the model does not fit")
+    assert error_sentence(ValueError("")) == "ValueError without a message"  # was "aerec train: error: "

@@ -61,14 +61,37 @@ def main(argv=None) -> int:
     try:
         with thread_limits(args.threads):
             return args.run(args)
-    except (ValueError, TypeError, OSError, MemoryError) as exc:  # OSError: a path too long, unreadable, not a folder
-        message = " ".join(str(exc).split())
-        print(f"aerec {args.command}: error: {message}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, MemoryError, FloatingPointError) as exc:
+        # OSError: a path too long, unreadable, not a folder; FloatingPointError: a loss that is not finite
+        print(f"aerec {args.command}: error: {error_sentence(exc)}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise  # a bug: its traceback is the report
+        print(f"aerec {args.command}: error: {error_sentence(MemoryError(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = getattr(args, "interrupted_hint", None)
         print(f"aerec {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+
+
+def out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures (CPU allocator, CUDA out of memory) are RuntimeErrors."""
+    text = str(exc).lower()
+    return "can't allocate memory" in text or "out of memory" in text or "failed to allocate" in text
+
+
+def error_sentence(exc: BaseException) -> str:
+    """The error as one line; never empty (a bare ``MemoryError()`` says what ran out)."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        if not message:
+            return ("out of memory (MemoryError): the input or the model does not fit in this machine's memory; "
+                    "use a smaller input, a smaller --memory-mib, or a machine with more memory")
+        if "memory" not in message.lower():
+            return f"out of memory (MemoryError): {message}"
+    return message or f"{type(exc).__name__} without a message"
 
 
 @contextlib.contextmanager
