@@ -49,6 +49,7 @@ MARKERS = (TENSOR, ARRAY, LIST_ARRAY, TUPLE, ITEMS, CSR, MODULE, DEVICE, DATACLA
 PICKLE_MAGIC = b"\x80"  # pickle protocols 2-5 start with PROTO (0x80) and the protocol number
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive (a zip holding a pickle)
 MAX_JSON_BYTES = 512 * 2**20
+MAX_JSON_DEPTH = 64  # aerec's own files nest about 12 levels; unflattening walks them recursively
 
 
 class StateFileError(ValueError):
@@ -319,7 +320,23 @@ def read_json(path: Path) -> dict:
         raise StateFileError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise StateFileError(f"{path} holds a JSON {type(document).__name__}; expected an object")
+    depth = json_depth(document)
+    if depth > MAX_JSON_DEPTH:
+        raise StateFileError(f"{path} nests its JSON {depth} levels deep; aerec writes at most {MAX_JSON_DEPTH}")
     return document
+
+
+def json_depth(value) -> int:
+    """How deeply lists and objects nest in ``value``, found without recursion (so no RecursionError)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return deepest
 
 
 def read_tensor_file(directory: Path, entry, document_path: Path) -> dict:

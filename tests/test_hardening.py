@@ -341,3 +341,22 @@ def test_a_memory_error_without_a_message_still_says_what_happened():
 
     assert error_sentence(MemoryError()).startswith("out of memory (MemoryError): the input or the model does not fit")
     assert error_sentence(ValueError("")) == "ValueError without a message"  # was "aerec train: error: "
+
+
+# -- 4. (part) JSON nested deeper than aerec writes is refused before it is walked ------------------------
+@pytest.mark.parametrize("depth", [65, 500, 989])
+def test_deeply_nested_json_is_refused_not_a_recursion_error(saved_models, tmp_path, depth):
+    import shutil
+
+    import aerec
+
+    copy = tmp_path / "ease"
+    shutil.copytree(saved_models / "ease", copy)
+    document = json.loads((copy / "config.json").read_text())
+    document["metadata"] = {"deep": "PLACEHOLDER"}  # the nesting is written as text: json.dumps would recurse
+    nested = "[" * (depth - 2) + '"x"' + "]" * (depth - 2)
+    (copy / "config.json").write_text(json.dumps(document).replace('"PLACEHOLDER"', nested))
+    # json.loads itself may run out of stack first (how deep depends on the caller's stack): a clear error too
+    refused = r"nests its JSON \d+ levels deep; aerec writes at most 64|is not valid JSON: maximum recursion depth"
+    with pytest.raises(StateFileError, match=refused):
+        aerec.load(copy)  # 500-989 levels raised an uncaught RecursionError while the state was unflattened
