@@ -12,7 +12,9 @@ The directory holds
   a model file.
 
 Saving is atomic (see :mod:`aerec.state`): a save killed half way leaves the
-previous model in the directory loadable. Loading refuses, with a
+previous model in the directory loadable. A save holds the directory's write
+lock (``.aerec.lock``, an advisory ``flock``): a second writer fails at once,
+naming the holder; a load during a save reads the old model or the new one. Loading refuses, with a
 :class:`~aerec.state.StateFileError` naming the problem:
 
 - a directory from another format version;

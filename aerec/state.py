@@ -31,10 +31,12 @@ what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -54,6 +56,59 @@ MAX_JSON_DEPTH = 64  # aerec's own files nest about 12 levels; unflattening walk
 
 class StateFileError(ValueError):
     """A saved state that is missing, damaged, from another format version, or unsafe to read."""
+
+
+class DirectoryBusyError(StateFileError):
+    """Another process holds the directory's write lock."""
+
+
+LOCK_NAME = ".aerec.lock"
+_held_locks: dict = {}  # real path -> [file descriptor, depth]: this process's locks, taken again without waiting
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike):
+    """Hold the advisory write lock of ``directory`` (created if needed) while the block runs.
+
+    An exclusive ``flock`` on ``<directory>/.aerec.lock``, taken without waiting: a second writer (another
+    process, or another ``aerec train --out`` on the same folder) gets a :class:`DirectoryBusyError` at once,
+    naming the holder (host and process id). This process may take a lock it holds again (saving inside a
+    training run that holds it). The lock goes with the process: a killed writer leaves none behind. Where
+    ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(directory)
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    descriptor = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, default_file_mode())
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held elsewhere
+        holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DirectoryBusyError(f"{directory} is being written by another process ({holder}); wait for it to finish "
+                                 "or write to another folder") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
+    _held_locks[key] = [descriptor, 1]
+    try:
+        yield
+    finally:
+        _held_locks[key][1] -= 1
+        if _held_locks[key][1] == 0:
+            del _held_locks[key]
+            os.close(descriptor)  # releases the lock
 
 
 @dataclasses.dataclass
@@ -211,15 +266,15 @@ def _csr(parts, where: str) -> sp.csr_matrix:
 def write_state(directory: str | os.PathLike, kind: str, header: dict, state) -> Path:
     """Commit ``state`` (see the module docstring) to ``directory/<kind>.json`` and its tensor file, atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors: dict = {}
     skeleton = flatten(state, tensors)
-    tensor_file = _write_tensor_file(directory, tensors)
-    document = {**header, "tensors": {"file": tensor_file.name, "bytes": tensor_file.stat().st_size,
-                                      "sha256": tensor_file.name.split("-", 1)[1].split(".")[0]},
-                "shapes": {name: list(t.shape) for name, t in tensors.items()}, "state": skeleton}
-    atomic_write_bytes(directory / f"{kind}.json", json.dumps(document, indent=1).encode())
-    _remove_unreferenced(directory, keep=tensor_file.name)
+    with directory_lock(directory):  # one writer at a time: its cleanup cannot delete another's files
+        tensor_file = _write_tensor_file(directory, tensors)
+        document = {**header, "tensors": {"file": tensor_file.name, "bytes": tensor_file.stat().st_size,
+                                          "sha256": tensor_file.name.split("-", 1)[1].split(".")[0]},
+                    "shapes": {name: list(t.shape) for name, t in tensors.items()}, "state": skeleton}
+        atomic_write_bytes(directory / f"{kind}.json", json.dumps(document, indent=1).encode())
+        _remove_unreferenced(directory, keep=tensor_file.name)
     return directory / f"{kind}.json"
 
 
@@ -289,7 +344,33 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
         raise StateFileError(f"{directory} is not a directory; expected a folder holding {kind}.json")
     if not has_document:
         raise StateFileError(f"{directory} holds no {kind}.json; expected a folder written by aerec")
-    document = read_json(document_path)
+    for attempt in range(READ_ATTEMPTS):
+        version = _file_version(document_path)
+        document = read_json(document_path)
+        try:
+            return document, _read_document_state(directory, document, document_path, versions, dataclasses_allowed)
+        except StateFileError:
+            # a save committed a new document meanwhile (a new file: the commit is a rename) and removed the tensor
+            # file this one names: read the new one
+            if attempt + 1 == READ_ATTEMPTS or _file_version(document_path) == version:
+                raise
+    raise AssertionError("unreachable")
+
+
+READ_ATTEMPTS = 5
+
+
+def _file_version(path: Path):
+    """(inode, modification time) of ``path``: an atomic rename onto it changes it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _read_document_state(directory: Path, document: dict, document_path: Path, versions: dict,
+                         dataclasses_allowed: dict):
     for key, expected in versions.items():
         if document.get(key) != expected:
             raise StateFileError(f"{document_path} has {key}={document.get(key)!r}; this aerec reads {key}={expected!r} "
@@ -303,7 +384,7 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
         if shapes.get(name) != list(tensor.shape):
             raise StateFileError(f"{document_path} expects tensor {name!r} of shape {shapes.get(name)}; "
                                  f"the tensor file holds {list(tensor.shape)}")
-    return document, unflatten(document.get("state"), tensors, dataclasses_allowed, where=str(document_path))
+    return unflatten(document.get("state"), tensors, dataclasses_allowed, where=str(document_path))
 
 
 def read_json(path: Path) -> dict:

@@ -30,6 +30,7 @@ The loop knows no model class.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -48,6 +49,7 @@ from aerec.data.batching import RowBatch, RowSource
 from aerec.distributed import LOSS_REDUCTIONS, data_parallel_batch_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
 from aerec.params import SEED, Interval, Options, check
+from aerec.state import directory_lock
 from aerec.training_state import Checkpointing, History, LoopState, Phase, TrainingState
 
 __all__ = ["Checkpointing", "History", "LoopState", "NonFiniteLossError", "OPTIMIZERS", "PRECISIONS", "Phase",
@@ -209,6 +211,17 @@ def train(module: torch.nn.Module, data, batch_loss: BatchLoss, config: TrainCon
     loss_fn = data_parallel_batch_loss(module, loss_fn, device) if world > 1 else single_process(loss_fn)
     source = RowSource(data, device)  # on the device once (when it fits); every batch is cut there
     fingerprint = checkpoint_fingerprint(config, module, source, rows, phases, data)
+    with contextlib.ExitStack() as held:
+        if config.checkpoint is not None and rank == 0:  # the rank that writes it holds its folder's lock throughout
+            held.enter_context(directory_lock(config.checkpoint.path))
+        return train_epochs(module, loop, loss_fn, source, config, validation_metric, maximize, rows, phases,
+                            callbacks, warm, fingerprint, desc, rank, world)
+
+
+def train_epochs(module, loop: LoopState, loss_fn, source: RowSource, config: TrainConfig, validation_metric,
+                 maximize: bool, rows, phases: Sequence[Phase], callbacks, warm: bool, fingerprint: dict, desc: str,
+                 rank: int, world: int) -> History:
+    """The epochs of :func:`train` (its set-up done): resume from the checkpoint if asked, run, checkpoint, finish."""
     if config.checkpoint is not None and config.checkpoint.resume and not warm:
         load_checkpoint(config.checkpoint.path, fingerprint, module, loop)
     history, training = loop.history, loop.training

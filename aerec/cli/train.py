@@ -7,6 +7,7 @@ writes the checkpoints, the model directory and the report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -88,6 +89,32 @@ def run(args) -> int:
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
     distributed = init_from_environment(str(params.get("device", "auto")))
     rank, world = rank_and_world()
+    with out_lock(out, args, writer=rank == 0):
+        return fit_and_save(args, model, params, split, reading, out, distributed, rank, world)
+
+
+@contextlib.contextmanager
+def out_lock(out: Path, args, writer: bool):
+    """The --out folder's write lock while the model trains and is saved (rank 0 only: it alone writes there), with
+    --out checked again once held: a second ``aerec train --out`` on the folder fails at once, naming the holder.
+    A folder the lock created is removed again if the run leaves nothing else in it."""
+    from aerec.state import LOCK_NAME, directory_lock
+
+    if not writer:
+        yield
+        return
+    existed = out.exists()
+    try:
+        with directory_lock(out):
+            check_out(out, args.resume, args.overwrite)  # a run that finished meanwhile is not overwritten
+            yield
+    finally:
+        if not existed and out.is_dir() and [entry.name for entry in out.iterdir()] == [LOCK_NAME]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def fit_and_save(args, model, params: dict, split, reading, out: Path, distributed: bool, rank: int, world: int) -> int:
+    """Fit (or tune) on the split, then save the model with its metadata to --out on rank 0."""
     from aerec.training import Checkpointing
 
     checkpoint = Checkpointing(out / CHECKPOINT_FOLDER, every=args.checkpoint_every, resume=args.resume)
@@ -141,8 +168,8 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> str:
     """Refuse an --out that would lose something; returns "finished", "resume" or "new"."""
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; expected a directory for the model")
-    if not out.is_dir() or not any(out.iterdir()):
-        return "new"
+    if not out.is_dir() or not any(not entry.name.startswith(".") for entry in out.iterdir()):
+        return "new"  # nothing there, or only a lock or temporaries
     has_model = (out / "config.json").is_file()
     has_checkpoint = (out / CHECKPOINT_FOLDER / "checkpoint.json").is_file()
     foreign = [p.name for p in out.iterdir() if not (p.name in ("config.json", CHECKPOINT_FOLDER) or p.name.startswith(".")
