@@ -59,8 +59,50 @@ def init_from_environment(device: str = "auto") -> bool:
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    die_with_parent()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective_timeout())
     return True
+
+
+#: Seconds a collective (a gradient all-reduce, a barrier) waits for the other ranks before this rank fails with an
+#: error: a rank that stops (SIGSTOP, a hung device) ends the job within it instead of leaving the others waiting
+#: forever (torch's gloo default is 30 minutes). ``AEREC_COLLECTIVE_TIMEOUT`` sets it, in seconds.
+DEFAULT_COLLECTIVE_TIMEOUT = 600.0
+
+
+def collective_timeout():
+    """The process group's timeout: ``$AEREC_COLLECTIVE_TIMEOUT`` seconds, else :data:`DEFAULT_COLLECTIVE_TIMEOUT`."""
+    import datetime
+    import math
+
+    text = os.environ.get("AEREC_COLLECTIVE_TIMEOUT")
+    try:
+        seconds = DEFAULT_COLLECTIVE_TIMEOUT if text is None else float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"AEREC_COLLECTIVE_TIMEOUT={text!r}; expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to end this rank (SIGTERM) when its launcher dies (``prctl(PR_SET_PDEATHSIG)``), so a killed
+    torchrun leaves no orphaned rank training on and writing a model; a launcher already gone ends it now.
+    Elsewhere (no prctl) nothing changes."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def rank_share(batch_rows: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:

@@ -443,3 +443,88 @@ def test_loads_during_repeated_saves_always_get_a_whole_model(tmp_path):
     out, err = writer.communicate()
     assert writer.returncode == 0, err[-2000:]
     assert int(out) > 20 and loads > 20
+
+
+# -- 9. distributed faults: a stopped rank ends the job within the collective timeout; a killed launcher ends
+#       its ranks ----------------------------------------------------------------------------------------------
+def launch_two_ranks(tmp_path, extra_env=None):
+    """``torchrun --nproc-per-node 2 -m aerec train`` of a long Mult-DAE run, checkpointing every epoch; returns
+    the launcher once both ranks train (the first checkpoint is written)."""
+    import time
+
+    import pandas as pd
+
+    clicks = random_implicit_csr(400, 120, density=0.1, seed=3).tocoo()
+    pd.DataFrame({"user": clicks.row, "item": clicks.col}).to_csv(tmp_path / "clicks.csv", index=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "aerec",
+               "train", "--model", "mult_dae", "--dataset", str(tmp_path / "clicks.csv"), "--n-heldout", "20",
+               "--param", "epochs=100000", "--param", "device=cpu", "--param", "progress=false",
+               "--checkpoint-every", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "out" / "checkpoint" / "checkpoint.json").exists():
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:] if launcher.poll() else "slow"
+        time.sleep(0.2)
+    return launcher
+
+
+def ranks_of(launcher) -> dict:
+    import psutil
+
+    ranks = {}
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        rank = child.environ().get("RANK")
+        if rank is not None and "aerec" in " ".join(child.cmdline()):
+            ranks[int(rank)] = child
+    return ranks
+
+
+def test_a_stopped_rank_ends_the_job_within_the_collective_timeout(tmp_path):
+    import signal
+    import time
+
+    launcher = launch_two_ranks(tmp_path, {"AEREC_COLLECTIVE_TIMEOUT": "5"})
+    ranks = ranks_of(launcher)
+    assert sorted(ranks) == [0, 1]
+    stopped = time.time()
+    ranks[1].send_signal(signal.SIGSTOP)
+    try:
+        code = launcher.wait(timeout=90)  # was: rank 0 waited forever (gloo's default is 30 minutes)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        pytest.fail("the job still ran 90 s after one rank stopped")
+    finally:
+        for process in ranks.values():
+            if process.is_running():
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+    assert code != 0 and time.time() - stopped < 90
+    assert not (tmp_path / "out" / "config.json").exists()
+    # the checkpoint the job left resumes in one process (one epoch more)
+    done = json.loads((tmp_path / "out" / "checkpoint" / "checkpoint.json").read_text())["epochs_done"]
+    assert cli("train", "--model", "mult_dae", "--dataset", tmp_path / "clicks.csv", "--n-heldout", "20", "--param",
+               f"epochs={done + 1}", "--param", "device=cpu", "--param", "progress=false", "--checkpoint-every", "1",
+               "--out", tmp_path / "out", "--quiet", "--resume") == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["training"]["epochs_run"] == done + 1
+
+
+def test_ranks_end_when_their_launcher_is_killed_and_write_no_model(tmp_path):
+    import signal
+    import time
+
+    launcher = launch_two_ranks(tmp_path)
+    ranks = ranks_of(launcher)
+    assert sorted(ranks) == [0, 1]
+    os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone, as an OOM killer or a lost shell would
+    launcher.wait()
+    deadline = time.time() + 30
+    while any(process.is_running() and process.status() != "zombie" for process in ranks.values()):
+        if time.time() > deadline:
+            for process in ranks.values():
+                process.kill()
+            pytest.fail("ranks kept training 30 s after their launcher was killed")  # was: a model 20 s later
+        time.sleep(0.2)
+    time.sleep(1)
+    assert not (tmp_path / "out" / "config.json").exists()

@@ -78,9 +78,9 @@ def run(args) -> int:
 
 
 def progress_quiet() -> bool:
-    from aerec.cli import common
+    import aerec.cli.common
 
-    return common.QUIET
+    return aerec.cli.common.QUIET
 
 
 def test_user_row(split, user) -> int | None:
