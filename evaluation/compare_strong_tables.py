@@ -37,9 +37,14 @@ def hand_summary(script: str, model: str | None, dataset: str) -> dict | None:
 
 def main() -> None:
     text = ["# Strong tables: `aerec benchmark` against the hand-made scripts\n\n"
-            "Mean ± sd over the split seeds 98765, 1, 2, 3, 4 (the same splits). \"benchmark\": every model tuned "
+            "Mean ± sd over the split seeds 98765, 1, 2, 3, 4. \"benchmark\": every model tuned "
             "with 10 TPE trials on validation NDCG@100 (`evaluation/specs/strong_<dataset>.toml`); \"hand\": the "
-            "scripts' own tuning (named per row). Δ: benchmark minus hand NDCG@100, in units of the larger sd.\n"]
+            "scripts' own tuning (named per row). Δ: benchmark minus hand NDCG@100, in units of the larger sd.\n\n"
+            "Splits: ml-latest-small's are the same in both (its ratings.csv is sorted by user, then movie). On "
+            "ml-100k the same users are validation and test users in both, but the held-out 20% differ: the hand "
+            "tables drew each user's items in item-id order (aerec before commit c03dceb), the benchmark in the "
+            "file's row order, as vae_cf does (u.data is not sorted), so the two are equally random draws, not "
+            "the same one.\n"]
     for dataset, stem in DATASETS.items():
         report_path = RESULTS_DIR / f"{stem}_report" / "report.json"
         if not report_path.is_file():

@@ -528,3 +528,32 @@ def test_ranks_end_when_their_launcher_is_killed_and_write_no_model(tmp_path):
         time.sleep(0.2)
     time.sleep(1)
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+# -- 10. AutoRec on another rating scale ---------------------------------------------------------------------
+def test_autorec_on_ml100k_mapped_to_0_100_is_the_stars_model_with_its_predictions_mapped_back(ml100k):
+    from aerec.data import random_holdout
+
+    split = random_holdout(ml100k, test_fraction=0.1, validation_fraction=0.05, seed=1)
+    def mapped(part):  # 1-5 stars onto 0-100
+        matrix = part.matrix.copy()
+        matrix.data = (matrix.data - 1.0) * 25.0
+        return matrix
+
+    settings = {"hidden": 40, "epochs": 15, "patience": None, "device": "cpu"}
+    stars = make_model("autorec", **settings).fit(split.train.matrix, split.validation.matrix)
+    percent = make_model("autorec", **settings).fit(mapped(split.train), mapped(split.validation))
+    assert stars.scale_ == (1.0, 0.0) and percent.scale_ == (0.04, 1.0)
+    assert make_model("autorec", rescale=False, hidden=4, epochs=1).fit(mapped(split.train)).scale_ == (1.0, 0.0)
+    coo = split.test.matrix.tocoo()
+    truth = (coo.data - 1.0) * 25.0
+
+    def rmse(model, scale=1.0, shift=0.0):
+        return float(np.sqrt(np.mean((scale * model.predict(coo.row, coo.col) + shift - truth) ** 2)))
+
+    # the same model as on stars, its predictions (default rating included: 3 stars = 50) mapped back
+    assert rmse(percent) == pytest.approx(rmse(stars, 25.0, -25.0), rel=1e-5)
+    assert percent.fallback_rating() == pytest.approx(50.0) and stars.fallback_rating() == 3.0
+    # scores too, up to a flat history's popularity tie-break (at most 1e-3 on either scale, so 25x apart here)
+    np.testing.assert_allclose(percent.score(mapped(split.test)[:5]), 25.0 * stars.score(split.test.matrix[:5]) - 25.0,
+                               rtol=1e-4, atol=0.03)

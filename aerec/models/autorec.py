@@ -40,7 +40,7 @@ from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
 from aerec.models.base import as_csr
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import POSITIVE, POSITIVE_INT, Interval, Options, Satisfies
+from aerec.params import POSITIVE, POSITIVE_INT, Boolean, Interval, Options, Satisfies
 from aerec.search_space import Choice, FloatRange
 from aerec.sparse_products import SparsePattern, pattern_matmul, sampled_dot
 from aerec.training import Phase, TrainConfig
@@ -214,12 +214,21 @@ class AutoRec(TorchRecommender):
         schedule the first steps are tiny: the outputs start near 0, the clipped predictions
         sit at the bottom of the rating range and the validation RMSE does not move for
         about 6 iterations, so a patience under ~10 can stop inside that plateau.
-    default_rating : float
-        Prediction for a (user, item) pair whose user or item has no training rating:
-        3, as the paper (following LLORMA) and the reference. Returned as given, not clipped.
+    default_rating : float, optional
+        Prediction for a (user, item) pair whose user or item has no training rating, on the
+        ratings' scale. None (the default): 3 stars, as the paper (following LLORMA) and the
+        reference, that is 3.0 unless the ratings are rescaled (``rescale``), where it is the
+        rating that 3 stars maps back to (50 on 0-100). Returned as given, not clipped.
     rating_range : (float, float), optional
         Allowed ratings ``(low, high)``; training ratings outside it are refused, and
         predictions are clipped to it. None: the training ratings' (min, max).
+    rescale : bool or None
+        Train on the ratings mapped linearly from ``rating_range_`` onto the 1-5 stars the
+        reference's settings were made for (``l2``, Rprop's first steps); predictions and
+        scores are mapped back. None (the default): rescale only a scale that is not
+        stars, that is when the ratings do not lie within [0, 5] or span less than 3
+        (0-100, 1-10, 0-1); 1-5 and 0.5-5 stars are used as they are, the reference
+        exactly. False: never (the reference on any scale).
     seed : int
         Seeds the initial weights (and Adam's batch order).
     device : str
@@ -237,6 +246,8 @@ class AutoRec(TorchRecommender):
         The training ratings (users x items).
     rating_range_ : (float, float)
         Where predictions are clipped.
+    scale_ : (float, float)
+        ``(a, b)``: the network sees ``a * rating + b``; ``(1.0, 0.0)`` when not rescaled.
     history_ : aerec.training.History
         Per-iteration loss terms, seconds and validation RMSE; ``history_.best_epoch``.
     best_epoch_ : int or None
@@ -281,15 +292,20 @@ class AutoRec(TorchRecommender):
       chosen on ``validation`` ratings, every iteration, and the best weights are kept.
     - With minibatches (``adam``, or chunked ``lbfgs``) the penalty of a batch is weighted
       by its share of the rows, so the batches' losses add up to the paper's objective.
+    - Ratings on another scale than stars are rescaled onto 1-5 inside (``rescale``): on
+      ML-100K's ratings mapped onto 0-100 the reference's settings trained to an RMSE
+      worse than the ratings' standard deviation; rescaled, the model is the 1-5 one's
+      with its predictions mapped back. Star ratings are untouched.
     """
 
     fitted_dtypes = {"user_seen_": "bool", "item_seen_": "bool"}
     parameter_constraints = {
         "kind": [Options(*KINDS)], "hidden": [POSITIVE_INT], "l2": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
-        "lr": [POSITIVE, None], "batch_size": [POSITIVE_INT, None], "default_rating": [Interval(float)],
+        "lr": [POSITIVE, None], "batch_size": [POSITIVE_INT, None], "default_rating": [Interval(float), None],
         "rating_range": [None, Satisfies(lambda pair: isinstance(pair, (tuple, list)) and len(pair) == 2
                                    and all(Interval(float).is_satisfied_by(v) for v in pair) and pair[0] < pair[1],
                                    "(low, high), two finite numbers with low < high")],
+        "rescale": [None, Boolean()],
     }
     #: Sedhain et al. tune lambda in {0.001, 0.01, 0.1, 1, 100, 1000}; Rprop takes no learning rate
     search_space = {"l2": FloatRange(1e-3, 1000.0, log=True), "hidden": Choice(100, 300, 500), "lr": None}
@@ -298,8 +314,9 @@ class AutoRec(TorchRecommender):
 
     def __init__(self, kind: str = "item", hidden: int = 500, l2: float = 100.0, epochs: int = 200,
                  optimizer: str = "climin_rprop", lr: float | None = None, batch_size: int | None = None,
-                 patience: int | None = 20, default_rating: float = 3.0, rating_range: tuple | None = None,
-                 seed: int = 0, device: str = "auto", progress: bool = False, max_seconds: float | None = None):
+                 patience: int | None = 20, default_rating: float | None = None, rating_range: tuple | None = None,
+                 rescale: bool | None = None, seed: int = 0, device: str = "auto", progress: bool = False,
+                 max_seconds: float | None = None):
         store_params(self, locals())
 
     def check_param_combinations(self) -> None:
@@ -351,10 +368,38 @@ class AutoRec(TorchRecommender):
         self.ratings_ = ratings
         self.rating_range_ = (tuple(float(v) for v in self.rating_range) if self.rating_range is not None
                               else (float(ratings.data.min()), float(ratings.data.max())))
+        self.scale_ = reference_scale(*self.rating_range_) if self._rescales() else (1.0, 0.0)
         self.user_seen_ = np.diff(ratings.indptr) > 0
         self.item_seen_ = np.bincount(ratings.indices, minlength=ratings.shape[1]) > 0
-        self.input_rows_ = _canonical(ratings.T.tocsr()) if self.kind == "item" else ratings
+        internal = self._internal(ratings)
+        self.input_rows_ = _canonical(internal.T.tocsr()) if self.kind == "item" else internal
         super()._fit(ratings, validation)
+
+    def _rescales(self) -> bool:
+        if self.rescale is not None:
+            return bool(self.rescale)
+        low, high = self.rating_range_
+        return not (low >= 0.0 and high <= REFERENCE_SCALE[1] and high - low >= 3.0)
+
+    def _internal(self, rows: sp.csr_matrix) -> sp.csr_matrix:
+        """``rows`` with each rating as the network sees it (``a * r + b``; the same object when not rescaled)."""
+        a, b = getattr(self, "scale_", (1.0, 0.0))
+        if (a, b) == (1.0, 0.0):
+            return rows
+        mapped = rows.copy()
+        mapped.data = (a * rows.data.astype(np.float64) + b).astype(rows.dtype)
+        return mapped
+
+    def fallback_rating(self) -> float:
+        """``default_rating``, or 3 stars on the ratings' scale."""
+        if self.default_rating is not None:
+            return float(self.default_rating)
+        return float(self._external(REFERENCE_DEFAULT_RATING))
+
+    def _external(self, values):
+        """The network's outputs back on the ratings' scale."""
+        a, b = getattr(self, "scale_", (1.0, 0.0))
+        return values if (a, b) == (1.0, 0.0) else (values - b) / a
 
     def training_rows(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         return self.input_rows_  # I-AutoRec: one row per item
@@ -447,9 +492,9 @@ class AutoRec(TorchRecommender):
     def _predict_pairs(self, module: AutoRecNet, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         rows, cols = (items, users) if self.kind == "item" else (users, items)
         known = self.user_seen_[users] & self.item_seen_[items]
-        out = np.full(len(users), float(self.default_rating))
+        out = np.full(len(users), self.fallback_rating())
         if known.any():
-            out[known] = np.clip(self._output_at(module, rows[known], cols[known]), *self.rating_range_)
+            out[known] = np.clip(self._external(self._output_at(module, rows[known], cols[known])), *self.rating_range_)
         return out
 
     @torch.no_grad()
@@ -484,9 +529,10 @@ class AutoRec(TorchRecommender):
         rows = _canonical(self.check_user_items(user_items))
         self._check_ratings(rows, "user_items")
         if self.kind == "user":
-            blocks = [self.module_(csr_to_sparse_tensor(rows[start:start + _ROWS_PER_BATCH], self.device_))
+            internal = self._internal(rows)
+            blocks = [self.module_(csr_to_sparse_tensor(internal[start:start + _ROWS_PER_BATCH], self.device_))
                       for start in range(0, rows.shape[0], _ROWS_PER_BATCH)]
-            return torch.cat(blocks) if blocks else torch.zeros((0, self.n_items_), device=self.device_)
+            return self._external(torch.cat(blocks)) if blocks else torch.zeros((0, self.n_items_), device=self.device_)
         return self._fold_in_item_model(rows)
 
     # -- representations -------------------------------------------------------------------
@@ -513,6 +559,7 @@ class AutoRec(TorchRecommender):
         for an empty row), of which its scores are the inner products with :meth:`item_embeddings`."""
         rows = _canonical(self.check_user_items(user_items))
         self._check_ratings(rows, "user_items")
+        rows = self._internal(rows)
         if self.kind == "item":
             return self._item_model_units(rows)[:, :-1].float().cpu().numpy()
         blocks = [self.module_.encode(csr_to_sparse_tensor(rows[start:start + _ROWS_PER_BATCH], self.device_))
@@ -521,11 +568,11 @@ class AutoRec(TorchRecommender):
 
     def _fold_in_item_model(self, rows: sp.csr_matrix) -> torch.Tensor:
         """I-AutoRec: fit each row's own output unit (ridge on the item codes) and score every item."""
-        units = self._item_model_units(rows)
+        units = self._item_model_units(self._internal(rows))
         codes = torch.cat([self.item_codes_.double(), torch.ones((self.n_items_, 1), dtype=torch.float64,
                                                                   device=self.device_)], 1)
-        scores = (units @ codes.T).float()
-        scores[torch.from_numpy(np.diff(rows.indptr) == 0).to(self.device_)] = float(self.default_rating)
+        scores = self._external(units @ codes.T).float()
+        scores[torch.from_numpy(np.diff(rows.indptr) == 0).to(self.device_)] = self.fallback_rating()
         # a row whose ratings are all one value (or none) is fitted by the bias alone: every item scores
         # alike, and top-N would be catalogue order; its items are ranked by training popularity instead
         flat = np.array([np.ptp(rows.data[a:b]) == 0 if b > a else True for a, b in zip(rows.indptr[:-1],
@@ -571,6 +618,18 @@ class AutoRec(TorchRecommender):
             units[torch.from_numpy(chunk).to(device)] = torch.cholesky_solve(right, torch.linalg.cholesky(gram))[..., 0]
             start = stop
         return units
+
+
+#: The star scale the reference's settings were made for; other scales are mapped onto it (``rescale``).
+REFERENCE_SCALE = (1.0, 5.0)
+#: The paper's (and LLORMA's) prediction for a user or item without training ratings, in stars.
+REFERENCE_DEFAULT_RATING = 3.0
+
+
+def reference_scale(low: float, high: float) -> tuple[float, float]:
+    """``(a, b)`` mapping ``low`` to 1 and ``high`` to 5 linearly: ``a * r + b``."""
+    a = (REFERENCE_SCALE[1] - REFERENCE_SCALE[0]) / (high - low) if high > low else 1.0
+    return float(a), float(REFERENCE_SCALE[0] - a * low)
 
 
 #: The most an I-AutoRec score of a flat history (all ratings one value) gains from its item's popularity.
