@@ -150,6 +150,9 @@ POSITIVE_INT = Interval(int, 1, None)
 POSITIVE = Interval(float, 0, None, closed="neither")
 NON_NEGATIVE = Interval(float, 0, None)
 PROBABILITY = Interval(float, 0, 1, closed="left")
+#: Optimisation steps of a fold-in (per scored batch): the references take 50-100; more than this runs for hours
+#: (a model file whose config asks 10**12 would make ``aerec.load``, which scores a blank user, never finish).
+FOLD_IN_STEPS = Interval(int, 1, 10_000)
 
 
 def _satisfied(entry, value) -> bool:

@@ -557,3 +557,29 @@ def test_autorec_on_ml100k_mapped_to_0_100_is_the_stars_model_with_its_predictio
     # scores too, up to a flat history's popularity tie-break (at most 1e-3 on either scale, so 25x apart here)
     np.testing.assert_allclose(percent.score(mapped(split.test)[:5]), 25.0 * stars.score(split.test.matrix[:5]) - 25.0,
                                rtol=1e-4, atol=0.03)
+
+
+# -- 4. (part) hyper-parameters that drive work or memory are bounded or estimated ------------------------
+@pytest.mark.parametrize("name", ["cdae", "bpr"])
+def test_a_config_asking_for_a_trillion_fold_in_steps_is_refused_at_load(name, tmp_path):
+    import aerec
+
+    train = random_implicit_csr(60, 40, seed=0)
+    extra = {"epochs": 1, "hidden": 8} if name == "cdae" else {"iterations": 1, "factors": 4}
+    aerec.save(make_model(name, **extra).fit(train), tmp_path / name)
+    document = json.loads((tmp_path / name / "config.json").read_text())
+    document["state"]["params"]["fold_in_steps"] = 10**12
+    (tmp_path / name / "config.json").write_text(json.dumps(document))
+    with pytest.raises(StateFileError, match=r"fold_in_steps=1000000000000.*an integer in \[1, 10000\]"):
+        aerec.load(tmp_path / name)  # never finished: it scores a blank user through 10**12 steps
+
+
+def test_bpr_fold_in_negatives_that_cannot_fit_are_refused_with_the_estimate(monkeypatch):
+    import aerec._torch
+
+    model = make_model("bpr", iterations=1, factors=4, fold_in_negatives=10_000).fit(random_implicit_csr(60, 40))
+    monkeypatch.setattr(aerec._torch, "available_memory_bytes", lambda: 50 * 2**20)  # a 50 MiB machine
+    with pytest.raises(MemoryError, match=r"fold_in_negatives=10000 needs about .* GiB per step; 0.0 GiB is avail"):
+        model.recommend(random_implicit_csr(200, 40, density=0.5, seed=2), n=3)
+    with pytest.raises(ValueError, match=r"fold_in_negatives=100000"):
+        make_model("bpr", fold_in_negatives=100_000).fit(random_implicit_csr(60, 40))

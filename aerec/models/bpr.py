@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from aerec._torch import csr_to_dense_tensor
 from aerec.models.als import quiet_implicit
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
+from aerec.params import FOLD_IN_STEPS, POSITIVE, POSITIVE_INT, SEED, Interval
 from aerec.search_space import Choice, FloatRange
 
 
@@ -50,8 +50,8 @@ class BPR(Recommender):
         self.fold_in_lr = fold_in_lr
         self.fold_in_negatives = fold_in_negatives
 
-    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "fold_in_steps": [POSITIVE_INT],
-                             "fold_in_negatives": [POSITIVE_INT], "learning_rate": [POSITIVE],
+    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "fold_in_steps": [FOLD_IN_STEPS],
+                             "fold_in_negatives": [Interval(int, 1, 10_000)], "learning_rate": [POSITIVE],
                              "regularization": [POSITIVE], "fold_in_lr": [POSITIVE], "random_state": [SEED],
                              "num_threads": [Interval(int, 0, None)]}
     search_space = {"factors": Choice(64, 128), "learning_rate": FloatRange(1e-3, 0.1, log=True),
@@ -77,6 +77,7 @@ class BPR(Recommender):
         items = self.item_factors_
         positives = csr_to_dense_tensor(rows, items.device) > 0
         row_of, item_of = positives.nonzero(as_tuple=True)
+        self._check_fold_in_memory(len(row_of), items.shape[1])
         generator = torch.Generator().manual_seed(int(self.random_state))
         n_free = items.shape[1] - 1  # the last column multiplies the item bias and stays 1
         free = torch.zeros(rows.shape[0], n_free, requires_grad=True)
@@ -85,6 +86,19 @@ class BPR(Recommender):
         with torch.enable_grad():  # callers (the evaluator) may run under no_grad
             self._ascend(free, ones, optimizer, positives, row_of, item_of, generator)
         return torch.cat([free.detach(), ones], dim=1)
+
+    def _check_fold_in_memory(self, n_positives: int, width: int) -> None:
+        """Refuse a fold-in whose negative samples cannot fit: each step holds (positives x fold_in_negatives)
+        indices, gathered item vectors and their gradients (about 3 float32 copies of ``width``)."""
+        from aerec._torch import available_memory_bytes
+
+        needed = n_positives * int(self.fold_in_negatives) * (8 + 3 * 4 * width)
+        available = available_memory_bytes()
+        if available is not None and needed > available:
+            raise MemoryError(
+                f"BPR's fold-in of {n_positives} interactions with fold_in_negatives={self.fold_in_negatives} needs "
+                f"about {needed / 2**30:.1f} GiB per step; {available / 2**30:.1f} GiB is available: lower "
+                "fold_in_negatives or score fewer rows at once")
 
     def _ascend(self, free, ones, optimizer, positives, row_of, item_of, generator) -> None:
         items = self.item_factors_
