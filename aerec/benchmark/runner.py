@@ -114,16 +114,18 @@ def run_benchmark(spec, store: str | Path, log=None, progress=None, spec_changed
             tasks += [((dataset.name, int(seed), model.label), model, seed, split,
                        cell_fingerprint(spec, dataset, model)) for model in spec.models]
 
+    split_digest = functools.cache(lambda split: split_fingerprint(split().split))  # hashed once per split
+
     def stored(key, split, made_for):
         """The cell's finished record if it was made for this spec's cell and on the split the protocol makes
         now; a record scored on another split (the data file or aerec's split changed since) is refused, or
         with ``spec_changed="allow"`` run again."""
         record = current(store.read_cell(key), made_for)
-        if record is None or record.get("split") in (None, split_fingerprint(split().split)):
+        if record is None or record.get("split") in (None, split_digest(split)):
             return record
         if spec_changed != "allow":
             raise SpecError(f"{key}: the store's result was scored on another split than the protocol makes now "
-                            f"from this data (split {record['split'][:16]}, now {split_fingerprint(split().split)[:16]}:"
+                            f"from this data (split {record['split'][:16]}, now {split_digest(split)[:16]}:"
                             " the data file or aerec's split changed); use another store, or allow the change "
                             "(--spec-changed=allow) to run such cells again")
         log(f"{key}: its split changed since it was stored: run again")
