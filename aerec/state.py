@@ -51,7 +51,7 @@ MARKERS = (TENSOR, ARRAY, LIST_ARRAY, TUPLE, ITEMS, CSR, MODULE, DEVICE, DATACLA
 PICKLE_MAGIC = b"\x80"  # pickle protocols 2-5 start with PROTO (0x80) and the protocol number
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive (a zip holding a pickle)
 MAX_JSON_BYTES = 512 * 2**20
-MAX_JSON_DEPTH = 64  # aerec's own files nest about 12 levels; unflattening walks them recursively
+MAX_JSON_DEPTH = 64  # aerec's own files nest 7-9 levels; unflattening walks them recursively
 
 
 class StateFileError(ValueError):
@@ -64,6 +64,17 @@ class DirectoryBusyError(StateFileError):
 
 LOCK_NAME = ".aerec.lock"
 _held_locks: dict = {}  # real path -> [file descriptor, depth]: this process's locks, taken again without waiting
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import socket
 import time
 from pathlib import Path
 
 from aerec.benchmark.spec import SpecError
+from aerec.state import process_alive
 
 __all__ = ["Store", "is_url"]
 
@@ -225,13 +225,3 @@ class Store:
         with self.engine.connect() as connection:
             rows = connection.execute(text("SELECT worker, started, environment FROM aerec_runs ORDER BY started"))
             return [(worker, started, environment) for worker, started, environment in rows.fetchall()]
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -23,6 +23,7 @@ from aerec.data import (
     strong_generalization,
 )
 from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
+from aerec.state import process_alive
 
 PROTOCOLS = ("strong", "per-user", "ratings")
 DEFAULT_SEED = 98765
@@ -347,16 +348,6 @@ def remove_stale_temporaries(path: Path, host: str) -> None:
         pid = candidate.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
             candidate.unlink(missing_ok=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def format_metrics(title: str, metrics: dict) -> list[str]:
