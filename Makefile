@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(BIN)/aerec demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 install: $(VENV)/.installed
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under ``pytest -n 2`` each worker computes on one thread, so the two workers use the two cores
+    # instead of four threads contending for them (which slows every test several times).
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = "1"
+
 import numpy as np
 import pytest
 import scipy.sparse as sp

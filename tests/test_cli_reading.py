@@ -44,6 +44,7 @@ def test_a_headerless_file_of_any_name_is_user_item_rating_timestamp(tmp_path, d
 
 def test_train_evaluate_recommend_similar_embed_on_a_file_with_its_own_column_names(tmp_path, capsys):
     frame = pd.read_csv(SHIPPED).rename(columns={"userId": "customer", "movieId": "sku", "rating": "stars"})
+    frame = frame[frame.sku.isin(frame.sku.value_counts().index[:1500])]  # EASE on 1,500 items, not 9,724: seconds
     frame.to_csv(tmp_path / "shop.tsv", sep="\t", index=False)
     frame[frame.customer <= 3].to_csv(tmp_path / "histories.tsv", sep="\t", index=False)
     columns = ["--user-col", "customer", "--item-col", "sku"]

@@ -76,11 +76,13 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is(tmp_path, capsys, m
 
 def test_model_files_follow_the_umask(tmp_path, capsys):
     """They were written 0600 (mkstemp's mode)."""
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("user,item\n" + "".join(f"{u},{(u * 3 + j) % 20}\n" for u in range(30) for j in range(6)))
     old = os.umask(0o022)
     try:
-        code, _, err = run(capsys, "train", "--model", "ease", "--out", tmp_path / "m", "--quiet")
+        code, _, err = run(capsys, "train", "--model", "ease", "--dataset", clicks, "--out", tmp_path / "m", "--quiet")
         assert code == 0, err
-        code, _, err = run(capsys, "recommend", "--model", tmp_path / "m", "--input", "ml-latest-small", "--n", "2",
+        code, _, err = run(capsys, "recommend", "--model", tmp_path / "m", "--input", clicks, "--n", "2",
                            "--output", tmp_path / "r.csv", "--quiet")
         assert code == 0, err
     finally:

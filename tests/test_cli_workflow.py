@@ -166,7 +166,7 @@ def test_two_runs_with_one_seed_give_identical_metrics(capsys, data_dir):
 
 def test_train_killed_then_resumed_saves_the_uninterrupted_model(tmp_path, data_dir):
     arguments = [sys.executable, "-m", "aerec", "train", "--model", "mult_dae", "--dataset", "ml-100k",
-                 "--data-dir", str(data_dir), "--param", "epochs=25", "--param", "progress=false",
+                 "--data-dir", str(data_dir), "--param", "epochs=12", "--param", "hidden=200", "--param", "progress=false",
                  "--checkpoint-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
