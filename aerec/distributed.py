@@ -85,9 +85,11 @@ def collective_timeout():
     return datetime.timedelta(seconds=seconds)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to end this rank (SIGTERM) when its launcher dies (``prctl(PR_SET_PDEATHSIG)``), so a killed
-    torchrun leaves no orphaned rank training on and writing a model; a launcher already gone ends it now.
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask Linux to end this process (SIGTERM) when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so a killed
+    torchrun leaves no orphaned rank training on and writing a model, nor a killed ``aerec benchmark run --jobs N``
+    a worker writing its store; a parent already gone ends it now. ``parent``: the parent's process id when the
+    caller knows it (a parent that died before this call is seen by it); else the parent at the call.
     Elsewhere (no prctl) nothing changes."""
     import ctypes
     import signal
@@ -95,7 +97,7 @@ def die_with_parent() -> None:
 
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,49 @@ def test_status_names_the_cells_running_with_their_worker_and_the_time_spent(spe
     assert record["running"][0]["worker"] == "elsewhere:42" and record["running"][0]["seconds"] >= 30
     assert main(["benchmark", "status", str(store)]) == 0
     assert "running: ml-100k/1/ease by elsewhere:42" in capsys.readouterr().out
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_terminated_run_takes_its_started_workers_with_it(spec, tmp_path):
+    """``kill <pid>`` of ``aerec benchmark run --jobs 2`` left its started worker tuning on and writing the store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    spec.write_text(TINY.replace("[models.ease]", '[models.dae]\nmodel = "mult_dae"\n'
+                                 'fixed = { epochs = 400, device = "cpu", hidden = 60, latent = 20 }\n[models.ease]'))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "aerec", "benchmark", "run", str(spec), "--jobs", "2", "--store",
+                            str(tmp_path / "store.sqlite")], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while not workers and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+            workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        time.sleep(1.5)  # the worker is importing or tuning by now
+        assert run.poll() is None, run.stderr.read()[-2000:]
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [Path(f"/proc/{pid}/cmdline").read_text() for pid in workers if alive(pid)]
+        assert workers and not left, left  # a worker killed before it asked for SIGTERM-with-parent goes too
+    finally:
+        run.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

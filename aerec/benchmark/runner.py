@@ -239,9 +239,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def worker_main(spec: BenchmarkSpec, table, store: str, threads: int, messages, spec_changed: str = "refuse") -> None:
-    """One worker process of :func:`run_workers`: run the spec on the store, sending back its messages."""
+    """One worker process of :func:`run_workers`: run the spec on the store, sending back its messages; it ends
+    with the run that started it (a ``kill`` of ``aerec benchmark run`` left it tuning on and writing the store)."""
+    import multiprocessing
+
     import torch
 
+    from aerec.distributed import die_with_parent
+
+    die_with_parent(multiprocessing.parent_process().pid)
     torch.set_num_threads(threads)
     name = f"[worker {os.getpid()}] "
     run_benchmark(spec, store, log=lambda message: messages.put(("log", name + message)),
