@@ -69,6 +69,17 @@ def available_memory_bytes() -> int | None:
     return min(known) if known else None
 
 
+def device_room_bytes(device: torch.device) -> int | None:
+    """Memory still free on ``device``: :func:`available_memory_bytes` on the CPU, the CUDA driver's free bytes on a
+    GPU, None where unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    return available_memory_bytes() if device.type == "cpu" else None
+
+
 def meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as handle:

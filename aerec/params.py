@@ -25,7 +25,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
-__all__ = ["Boolean", "Device", "Interval", "NON_NEGATIVE", "Options", "POSITIVE", "POSITIVE_INT", "PROBABILITY", "SEED",
+__all__ = ["BATCH", "Boolean", "COUNT", "Device", "Interval", "LAYERS", "NON_NEGATIVE", "Options", "POSITIVE",
+           "POSITIVE_INT", "PROBABILITY", "RATE", "SAMPLES", "SECONDS", "SEED", "STEPS", "THREADS", "WEIGHT", "WIDTH",
            "Satisfies", "check", "check_real", "check_seed", "describe", "validate_params"]
 
 #: Largest integer any parameter may take: larger ones overflow every tensor and numpy type downstream.
@@ -59,11 +60,13 @@ class Interval:
 
     def __str__(self) -> str:
         what = "an integer" if self.kind is int else "a finite number"
-        if self.high is None and (self.low, self.closed, self.kind) in ((1, "both", int), (0, "right", int),
-                                                                      (0, "neither", int), (0, "right", float),
-                                                                      (0, "neither", float)):
-            return f"a positive {'integer' if self.kind is int else 'number'}"
         left, right = self.closed in ("both", "left"), self.closed in ("both", "right")
+        if (self.low, left, self.kind) in ((1, True, int), (0, False, int), (0, False, float)) and (
+                self.high is None or self.high in UPPER_BOUNDS):
+            positive = f"a positive {'integer' if self.kind is int else 'number'}"
+            return positive if self.high is None else f"{positive} (at most {_shown(self.high)})"
+        if self.low is not None and self.high is not None and right and self.high in UPPER_BOUNDS:
+            return f"{what} {'>=' if left else '>'} {_shown(self.low)} (at most {_shown(self.high)})"
         low, high = _shown(self.low), _shown(self.high)
         if self.low is not None and self.high is not None:
             return f"{what} in {'[' if left else '('}{low}, {high}{']' if right else ')'}"
@@ -153,6 +156,47 @@ PROBABILITY = Interval(float, 0, 1, closed="left")
 #: Optimisation steps of a fold-in (per scored batch): the references take 50-100; more than this runs for hours
 #: (a model file whose config asks 10**12 would make ``aerec.load``, which scores a blank user, never finish).
 FOLD_IN_STEPS = Interval(int, 1, 10_000)
+
+# Upper bounds of the models' hyper-parameters. A model file's config.json is input like any other: each value
+# is checked when the model is built, and every bound below sits far above any published setting while keeping
+# a value from allocating or working without end (a fold-in of 10**12 steps, 2**31 layers built one by one,
+# implicit handed 2**31 threads). Where a value drives memory, the fit also estimates it first
+# (:func:`aerec.models.torch_base.check_training_memory`, EASE's and BPR's checks) and the load compares the
+# network the values describe with the saved weights before building it.
+#: Units of a layer, latent dimensions, factors, rank.
+MAX_WIDTH = 2**20
+#: Epochs, iterations, passes, patience, validate_every.
+MAX_COUNT = 10**6
+#: Hidden layers of a network (RecVAE's dense encoder grows with their square).
+MAX_LAYERS = 64
+#: Samples drawn per row (IWAE samples, CDAE's negatives, BPR's fold-in negatives).
+MAX_SAMPLES = 10_000
+#: Rows per batch.
+MAX_BATCH = 2**24
+#: Threads handed to implicit.
+MAX_THREADS = 4096
+#: Optimizer updates (annealing schedules count them, nothing loops over them).
+MAX_STEPS = 10**12
+#: Real hyper-parameters: penalties, learning rates, confidences, weights of terms.
+MAX_REAL = 1e12
+#: Seconds of a time budget (about 31 years).
+MAX_SECONDS = 1e9
+#: The bounds above, which an error shows as "(at most ...)" after what the value must be.
+UPPER_BOUNDS = (MAX_WIDTH, MAX_COUNT, MAX_LAYERS, MAX_SAMPLES, MAX_BATCH, MAX_THREADS, MAX_STEPS, MAX_REAL,
+                MAX_SECONDS)
+
+WIDTH = Interval(int, 1, MAX_WIDTH)
+COUNT = Interval(int, 1, MAX_COUNT)
+LAYERS = Interval(int, 1, MAX_LAYERS)
+SAMPLES = Interval(int, 1, MAX_SAMPLES)
+BATCH = Interval(int, 1, MAX_BATCH)
+THREADS = Interval(int, 0, MAX_THREADS)
+STEPS = Interval(int, 1, MAX_STEPS)
+#: A positive real hyper-parameter (learning rate, L2 weight, confidence, ...).
+RATE = Interval(float, 0, MAX_REAL, closed="right")
+#: A non-negative real hyper-parameter (a term's weight that may be off).
+WEIGHT = Interval(float, 0, MAX_REAL)
+SECONDS = Interval(float, 0, MAX_SECONDS, closed="right")
 
 
 def _satisfied(entry, value) -> bool:

@@ -48,7 +48,7 @@ from aerec.checkpoint import CheckpointMismatchError, load_checkpoint, save_chec
 from aerec.data.batching import RowBatch, RowSource
 from aerec.distributed import LOSS_REDUCTIONS, data_parallel_batch_loss, rank_and_world, rank_share
 from aerec.optim import LBFGS, CliminRprop
-from aerec.params import SEED, Interval, Options, check
+from aerec.params import BATCH, COUNT, RATE, SECONDS, SEED, WEIGHT, Options, check
 from aerec.state import directory_lock
 from aerec.training_state import Checkpointing, History, LoopState, Phase, TrainingState
 
@@ -129,23 +129,22 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise a ValueError naming the first setting out of its range."""
-        positive = Interval(int, 1, None)
         for name in ("epochs", "validate_every"):
-            check(name, getattr(self, name), positive)
-        check("batch_size", self.batch_size, positive, None)
-        check("patience", self.patience, positive, None)
+            check(name, getattr(self, name), COUNT)
+        check("batch_size", self.batch_size, BATCH, None)
+        check("patience", self.patience, COUNT, None)
         check("seed", self.seed, SEED)
         check("optimizer", self.optimizer, Options(*OPTIMIZERS))
         check("loss_reduction", self.loss_reduction, Options(*LOSS_REDUCTIONS))
         check("precision", self.precision, Options(*PRECISIONS))
-        check("lr", self.lr, Interval(float, 0, None, closed="neither"))
-        check("weight_decay", self.weight_decay, Interval(float, 0, None))
-        check("max_seconds", self.max_seconds, Interval(float, 0, None, closed="neither"), None)
+        check("lr", self.lr, RATE)
+        check("weight_decay", self.weight_decay, WEIGHT)
+        check("max_seconds", self.max_seconds, SECONDS, None)
         if self.weight_decay and self.optimizer in ("rprop", "climin_rprop", "lbfgs"):
             raise ValueError(f"weight_decay={self.weight_decay!r} with optimizer={self.optimizer!r}; "
                              "Rprop and L-BFGS take none: put the penalty in the loss")
         if self.checkpoint is not None:
-            check("checkpoint every", self.checkpoint.every, positive)
+            check("checkpoint every", self.checkpoint.every, COUNT)
         resolve_device(self.device)
 
     def validate(self) -> None:
@@ -322,9 +321,9 @@ def check_phases(phases: Sequence[Phase] | None) -> list[Phase]:
     if len(set(names)) != len(names):
         raise ValueError(f"phase names {names}; expected each name once")
     for phase in phases:
-        check(f"phase {phase.name!r} passes", phase.passes, Interval(int, 1, None))
+        check(f"phase {phase.name!r} passes", phase.passes, COUNT)
         check(f"phase {phase.name!r} optimizer", phase.optimizer, Options(*OPTIMIZERS), None)
-        check(f"phase {phase.name!r} lr", phase.lr, Interval(float, 0, None, closed="neither"), None)
+        check(f"phase {phase.name!r} lr", phase.lr, RATE, None)
     return phases
 
 

@@ -573,7 +573,7 @@ def test_a_config_asking_for_a_trillion_fold_in_steps_is_refused_at_load(name, t
     document = json.loads((tmp_path / name / "config.json").read_text())
     document["state"]["params"]["fold_in_steps"] = 10**12
     (tmp_path / name / "config.json").write_text(json.dumps(document))
-    with pytest.raises(StateFileError, match=r"fold_in_steps=1000000000000.*an integer in \[1, 10000\]"):
+    with pytest.raises(StateFileError, match=r"fold_in_steps=1000000000000.*a positive integer \(at most 10000\)"):
         aerec.load(tmp_path / name)  # never finished: it scores a blank user through 10**12 steps
 
 
@@ -586,3 +586,81 @@ def test_bpr_fold_in_negatives_that_cannot_fit_are_refused_with_the_estimate(mon
         model.recommend(random_implicit_csr(200, 40, density=0.5, seed=2), n=3)
     with pytest.raises(ValueError, match=r"fold_in_negatives=100000"):
         make_model("bpr", fold_in_negatives=100_000).fit(random_implicit_csr(60, 40))
+
+
+def interval_entries(constraints: dict):
+    from aerec.params import Interval
+
+    return [(name, entry) for name, entries in constraints.items() for entry in entries if isinstance(entry, Interval)]
+
+
+def test_every_numeric_hyper_parameter_has_an_upper_bound():
+    """Item 4: every Interval in every registered model's constraints (its own and inherited), and in the training
+    loop's, ends somewhere; the tuples and pairs checked by a predicate are bounded by the cases below."""
+    from aerec.models import MODELS
+
+    unbounded = [(model, name) for model in MODELS for name, entry in interval_entries(MODELS[model].constraints())
+                 if entry.high is None]
+    assert not unbounded
+    with pytest.raises(ValueError, match=r"hidden=\(8, 2097152\); expected a tuple of 1 to 64 positive integers up"):
+        make_model("autoencoder", hidden=(8, 2**21))
+    with pytest.raises(ValueError, match=r"mixture_weights=\[1, 1, 1e\+300\]; expected a sequence of three positive"):
+        make_model("recvae", mixture_weights=[1, 1, 1e300])
+    from aerec.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"epochs=10000000; expected a positive integer \(at most 1000000\)"):
+        TrainConfig(epochs=10**7).check()
+
+
+def saved_with(tmp_path, name: str, fit_params: dict, **changed):
+    """A small fitted ``name`` saved, then its config.json's hyper-parameters changed as a crafted file would."""
+    import aerec
+
+    aerec.save(make_model(name, **fit_params).fit(random_implicit_csr(60, 40, seed=0)), tmp_path / name)
+    document = json.loads((tmp_path / name / "config.json").read_text())
+    document["state"]["params"].update(changed)
+    (tmp_path / name / "config.json").write_text(json.dumps(document))
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("name, fit_params, changed, expected", [
+    # each was found by evaluation/hyperparameter_sweep.py: an 8 GiB allocation, an OverflowError traceback, a load
+    # building 2**31 layers one by one (still running after 30 s), a message from the allocator
+    ("als", {"factors": 4, "iterations": 1}, {"factors": 2**20}, r"item_factors_ of shape \(40, 4\) do not match "
+                                                                  r"factors=1048576"),
+    ("als", {"factors": 4, "iterations": 1}, {"num_threads": 2**31}, r"num_threads=2147483648; expected an integer "
+                                                                     r">= 0 \(at most 4096\)"),
+    ("recvae", {"epochs": 1, "hidden": 8, "latent": 4}, {"layers": 2**31}, r"layers=2147483648; expected a positive "
+                                                                           r"integer \(at most 64\)"),
+    ("mult_dae", {"epochs": 1, "hidden": 8, "latent": 4}, {"hidden": 2**20}, r"weight '.*' has shape \(8,?.*\), the "
+                                                                             r"network \(1048576,"),
+    ("als", {"factors": 4, "iterations": 1}, {"alpha": 1e300}, r"alpha=1e\+300; expected a positive number \(at most "
+                                                               r"1e\+12\)"),
+])
+def test_a_config_whose_hyper_parameters_drive_work_or_memory_is_refused_at_load(tmp_path, name, fit_params,
+                                                                                changed, expected):
+    import time
+
+    import aerec
+
+    path = saved_with(tmp_path, name, fit_params, **changed)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=expected):
+        aerec.load(path)
+    assert time.monotonic() - started < 10
+
+
+def test_a_network_too_large_for_the_memory_is_refused_before_training(tmp_path, capsys):
+    """hidden=2**20, latent=2**20 asked 40,000 GiB of an allocator; now the fit says what it needs and what is free."""
+    from aerec.cli import main
+
+    with pytest.raises(MemoryError, match=r"MultDAE's training needs about 4096\d\.\d GiB on cpu \(2,199,110,287,400 "
+                                          r"parameters with hidden=1048576, latent=1048576.*GiB is free: lower"):
+        make_model("mult_dae", hidden=2**20, latent=2**20, epochs=1).fit(random_implicit_csr(60, 40))
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame({"user": [u for u in range(30) for _ in range(6)],
+                  "item": [(u + j) % 12 for u in range(30) for j in range(6)]}).to_csv(tmp_path / "c.csv", index=False)
+    code = main(["train", "--model", "mult_vae", "--dataset", str(tmp_path / "c.csv"), "--param", "hidden=1048576",
+                 "--param", "latent=1048576", "--out", str(tmp_path / "m"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MultVAE's training needs about" in err and not (tmp_path / "m").exists()

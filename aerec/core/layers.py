@@ -113,6 +113,8 @@ def init_linear_(weight: torch.Tensor, bias: torch.Tensor | None, init: str,
         Source of the draws (torch's global generator when None).
     """
     check("init", init, Options(*INITS))
+    if weight.is_meta:  # a network built on "meta" to learn its shapes: nothing to draw (trunc_normal_ allocates)
+        return
     with torch.no_grad():
         if init == "xavier":
             nn.init.xavier_uniform_(weight, generator=generator)
@@ -484,7 +486,8 @@ def dense_linear(in_features: int, out_features: int, init: str = "torch",
     Torch's initialisation is drawn first and ``init`` over it, as ``nn.Linear(...)`` followed by
     :func:`init_linear_` always did: the draws, and so every seeded result, stay what they were.
     """
-    layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    # on the device in force (a "meta" context allocates nothing; skip_init alone would allocate on the CPU)
+    layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, device=torch.empty(0).device)
     init_linear_(layer.weight, layer.bias, "torch", generator)
     if init != "torch":
         init_linear_(layer.weight, layer.bias, init, generator)

@@ -17,7 +17,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT, SEED, Interval
+from aerec.params import COUNT, RATE, SEED, THREADS, WIDTH
 from aerec.search_space import Choice, FloatRange
 
 
@@ -42,8 +42,8 @@ class ALS(Recommender):
         self.random_state = random_state
         self.num_threads = num_threads
 
-    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "regularization": [POSITIVE],
-                             "alpha": [POSITIVE], "random_state": [SEED], "num_threads": [Interval(int, 0, None)]}
+    parameter_constraints = {"factors": [WIDTH], "iterations": [COUNT], "regularization": [RATE], "alpha": [RATE],
+                             "random_state": [SEED], "num_threads": [THREADS]}
     search_space = {"factors": Choice(64, 128, 200), "regularization": FloatRange(0.01, 100.0, log=True),
                     "alpha": FloatRange(1.0, 100.0, log=True)}
 
@@ -70,6 +70,10 @@ class ALS(Recommender):
     def restore_fitted_state(self, state: dict) -> None:
         state = dict(state)
         item_factors, user_factors = state.pop("item_factors_"), state.pop("user_factors_")
+        for name, factors in (("item_factors_", item_factors), ("user_factors_", user_factors)):
+            if getattr(factors, "ndim", 0) != 2 or factors.shape[1] != self.factors:  # scoring sizes by factors
+                raise ValueError(f"{name} of shape {getattr(factors, 'shape', None)} do not match factors="
+                                 f"{self.factors}: the hyper-parameters and the weights come from different models")
         super().restore_fitted_state(state)
         self.model_ = self.new_implicit_model()
         self.model_.item_factors, self.model_.user_factors = item_factors, user_factors

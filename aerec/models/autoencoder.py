@@ -40,7 +40,7 @@ from aerec.core.variational import (BetaSchedule, GaussianLatent, iwae_bound, kl
 from aerec.data.batching import RowBatch, iter_row_batches
 from aerec.data.interactions import Interactions
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import NON_NEGATIVE, POSITIVE_INT, Boolean, Interval, Options, Satisfies, check
+from aerec.params import BATCH, MAX_LAYERS, MAX_WIDTH, POSITIVE_INT, SAMPLES, WEIGHT, WIDTH, Boolean, Interval, Options, Satisfies, check
 from aerec.training import OPTIMIZERS
 
 __all__ = ["Autoencoder", "AutoencoderNet"]
@@ -87,8 +87,8 @@ class _Terms:
 
 
 def _is_widths(hidden) -> bool:
-    return (isinstance(hidden, (tuple, list)) and len(hidden) > 0
-            and all(POSITIVE_INT.is_satisfied_by(width) for width in hidden))
+    return (isinstance(hidden, (tuple, list)) and 0 < len(hidden) <= MAX_LAYERS
+            and all(WIDTH.is_satisfied_by(width) for width in hidden))
 
 
 class Autoencoder(TorchRecommender):
@@ -130,14 +130,14 @@ class Autoencoder(TorchRecommender):
     """
 
     parameter_constraints = {
-        "kind": [Options(*KINDS)], "hidden": [Satisfies(_is_widths, "a non-empty tuple of positive integers")],
+        "kind": [Options(*KINDS)], "hidden": [Satisfies(_is_widths, f"a tuple of 1 to {MAX_LAYERS} positive integers up to {MAX_WIDTH}")],
         "activation": [Options(*ACTIVATIONS)], "loss": [Options(*LOSSES)], "tied_weights": [Boolean()],
-        "corruption": [None, Options(*CORRUPTIONS)], "corruption_level": [NON_NEGATIVE],
-        "sparsity": [Options("kl", "l1")], "sparsity_weight": [NON_NEGATIVE],
-        "rho": [Interval(float, 0, 1, closed="neither")], "contractive_weight": [NON_NEGATIVE],
-        "beta": [NON_NEGATIVE, Satisfies(lambda value: isinstance(value, BetaSchedule), "a BetaSchedule")],
-        "iwae_samples": [POSITIVE_INT], "l2": [NON_NEGATIVE], "optimizer": [Options(*OPTIMIZERS)],
-        "batch_size": [POSITIVE_INT, None],
+        "corruption": [None, Options(*CORRUPTIONS)], "corruption_level": [WEIGHT],
+        "sparsity": [Options("kl", "l1")], "sparsity_weight": [WEIGHT],
+        "rho": [Interval(float, 0, 1, closed="neither")], "contractive_weight": [WEIGHT],
+        "beta": [WEIGHT, Satisfies(lambda value: isinstance(value, BetaSchedule), "a BetaSchedule")],
+        "iwae_samples": [SAMPLES], "l2": [WEIGHT], "optimizer": [Options(*OPTIMIZERS)],
+        "batch_size": [BATCH, None],
     }
     maximize_validation = False
 

@@ -40,7 +40,7 @@ from aerec.data.batching import RowBatch
 from aerec.data.interactions import Interactions
 from aerec.models.base import as_csr
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import POSITIVE, POSITIVE_INT, Boolean, Interval, Options, Satisfies
+from aerec.params import BATCH, MAX_REAL, RATE, WIDTH, Boolean, Interval, Options, Satisfies
 from aerec.search_space import Choice, FloatRange
 from aerec.sparse_products import SparsePattern, pattern_matmul, sampled_dot
 from aerec.training import Phase, TrainConfig
@@ -300,10 +300,10 @@ class AutoRec(TorchRecommender):
 
     fitted_dtypes = {"user_seen_": "bool", "item_seen_": "bool"}
     parameter_constraints = {
-        "kind": [Options(*KINDS)], "hidden": [POSITIVE_INT], "l2": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
-        "lr": [POSITIVE, None], "batch_size": [POSITIVE_INT, None], "default_rating": [Interval(float), None],
+        "kind": [Options(*KINDS)], "hidden": [WIDTH], "l2": [RATE], "optimizer": [Options(*OPTIMIZERS)],
+        "lr": [RATE, None], "batch_size": [BATCH, None], "default_rating": [Interval(float, -MAX_REAL, MAX_REAL), None],
         "rating_range": [None, Satisfies(lambda pair: isinstance(pair, (tuple, list)) and len(pair) == 2
-                                   and all(Interval(float).is_satisfied_by(v) for v in pair) and pair[0] < pair[1],
+                                   and all(Interval(float, -MAX_REAL, MAX_REAL).is_satisfied_by(v) for v in pair) and pair[0] < pair[1],
                                    "(low, high), two finite numbers with low < high")],
         "rescale": [None, Boolean()],
     }

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT
+from aerec.params import COUNT, RATE
 from aerec.search_space import FloatRange
 
 
@@ -37,7 +37,7 @@ class BiasBaseline(Recommender):
         self.reg_item = reg_item
         self.iterations = iterations
 
-    parameter_constraints = {"reg_user": [POSITIVE], "reg_item": [POSITIVE], "iterations": [POSITIVE_INT]}
+    parameter_constraints = {"reg_user": [RATE], "reg_item": [RATE], "iterations": [COUNT]}
     search_space = {"reg_user": FloatRange(0.1, 100.0, log=True), "reg_item": FloatRange(0.1, 100.0, log=True)}
     fitted_dtypes = {"user_bias_": "float64", "item_bias_": "float64"}
 

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from aerec._torch import csr_to_dense_tensor
 from aerec.models.als import quiet_implicit
 from aerec.models.base import Recommender
-from aerec.params import FOLD_IN_STEPS, POSITIVE, POSITIVE_INT, SEED, Interval
+from aerec.params import COUNT, FOLD_IN_STEPS, RATE, SAMPLES, SEED, THREADS, WIDTH
 from aerec.search_space import Choice, FloatRange
 
 
@@ -50,10 +50,10 @@ class BPR(Recommender):
         self.fold_in_lr = fold_in_lr
         self.fold_in_negatives = fold_in_negatives
 
-    parameter_constraints = {"factors": [POSITIVE_INT], "iterations": [POSITIVE_INT], "fold_in_steps": [FOLD_IN_STEPS],
-                             "fold_in_negatives": [Interval(int, 1, 10_000)], "learning_rate": [POSITIVE],
-                             "regularization": [POSITIVE], "fold_in_lr": [POSITIVE], "random_state": [SEED],
-                             "num_threads": [Interval(int, 0, None)]}
+    parameter_constraints = {"factors": [WIDTH], "iterations": [COUNT], "fold_in_steps": [FOLD_IN_STEPS],
+                             "fold_in_negatives": [SAMPLES], "learning_rate": [RATE],
+                             "regularization": [RATE], "fold_in_lr": [RATE], "random_state": [SEED],
+                             "num_threads": [THREADS]}
     search_space = {"factors": Choice(64, 128), "learning_rate": FloatRange(1e-3, 0.1, log=True),
                     "regularization": FloatRange(1e-4, 0.1, log=True)}
 

@@ -81,7 +81,7 @@ from aerec.core.layers import SparseInputLinear, dense_linear, init_linear_, mak
 from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import FOLD_IN_STEPS, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, Options
+from aerec.params import COUNT, FOLD_IN_STEPS, PROBABILITY, RATE, SAMPLES, WEIGHT, WIDTH, Options
 from aerec.search_space import Choice, FloatRange
 from aerec.training import OPTIMIZERS
 
@@ -186,11 +186,11 @@ class CDAE(TorchRecommender):
     """
 
     parameter_constraints = {
-        "hidden": [POSITIVE_INT], "corruption": [PROBABILITY], "l2": [NON_NEGATIVE], "loss": [Options(*LOSSES)],
+        "hidden": [WIDTH], "corruption": [PROBABILITY], "l2": [WEIGHT], "loss": [Options(*LOSSES)],
         "hidden_activation": [Options(*ACTIVATIONS)], "output_activation": [Options(*ACTIVATIONS)],
-        "negative_sampling": [Options(*NEGATIVE_SAMPLING)], "negative_ratio": [POSITIVE],
-        "n_negatives": [POSITIVE_INT], "fold_in": [Options(*FOLD_IN)], "fold_in_steps": [FOLD_IN_STEPS],
-        "fold_in_lr": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [POSITIVE_INT],
+        "negative_sampling": [Options(*NEGATIVE_SAMPLING)], "negative_ratio": [RATE],
+        "n_negatives": [SAMPLES], "fold_in": [Options(*FOLD_IN)], "fold_in_steps": [FOLD_IN_STEPS],
+        "fold_in_lr": [RATE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [COUNT],
         "init": [Options("torch", "xavier")],
     }
     #: Wu et al. sweep the corruption level and the L2 weight; our strong-split script also the negatives

@@ -25,7 +25,7 @@ from aerec.core.closed_form import (
     zero_diagonal_weights,
 )
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, Device, Options
+from aerec.params import RATE, Device, Options
 from aerec.search_space import FloatRange
 
 
@@ -50,7 +50,7 @@ class EASE(Recommender):
         self.device = device
         self.precision = precision
 
-    parameter_constraints = {"l2": [POSITIVE], "device": [Device()], "precision": [Options(*PRECISIONS)]}
+    parameter_constraints = {"l2": [RATE], "device": [Device()], "precision": [Options(*PRECISIONS)]}
     #: Steck (2019) tunes lambda over hundreds to thousands
     search_space = {"l2": FloatRange(10.0, 10_000.0, log=True)}
 

@@ -75,7 +75,7 @@ from aerec.core.closed_form import (
     zero_diagonal_weights,
 )
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT, SEED, Device, Interval, Options
+from aerec.params import COUNT, RATE, SEED, WIDTH, Device, Interval, Options
 from aerec.search_space import FloatRange
 
 __all__ = ["DLAE", "EDLAE"]
@@ -119,8 +119,8 @@ class DLAE(Recommender):
     """
 
     emphasized = False
-    parameter_constraints = {"dropout": [DROPOUT], "l2": [POSITIVE], "rank": [POSITIVE_INT, None],
-                             "iterations": [POSITIVE_INT], "init_scale": [POSITIVE], "seed": [SEED],
+    parameter_constraints = {"dropout": [DROPOUT], "l2": [RATE], "rank": [WIDTH, None],
+                             "iterations": [COUNT], "init_scale": [RATE], "seed": [SEED],
                              "device": [Device()], "precision": [Options(*PRECISIONS)]}
     #: the notebook's settings (p 0.1-0.75, lambda 10-30,000) inside
     search_space = {"dropout": FloatRange(0.0, 0.9), "l2": FloatRange(10.0, 10_000.0, log=True)}
@@ -222,7 +222,7 @@ class EDLAE(DLAE):
     """
 
     emphasized = True
-    parameter_constraints = {"omega": [POSITIVE]}
+    parameter_constraints = {"omega": [RATE]}
 
     def __init__(self, dropout: float = 0.33, l2: float = 300.0, rank: int | None = None, iterations: int = 5,
                  omega: float = 500.0, init_scale: float = 1e-4, seed: int = 0, device: str = "auto",

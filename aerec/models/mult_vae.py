@@ -60,7 +60,7 @@ from aerec.core.penalties import l2_weight_decay
 from aerec.core.variational import GaussianLatent, LinearAnneal, kl_standard_normal, reparameterize
 from aerec.data.batching import RowBatch
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import NON_NEGATIVE, POSITIVE_INT, PROBABILITY
+from aerec.params import PROBABILITY, STEPS, WEIGHT, WIDTH
 from aerec.search_space import Choice, FloatRange
 from aerec.training import TrainingState
 
@@ -142,8 +142,8 @@ class MultVAENet(_MultNet):
 class _MultAutoencoder(TorchRecommender):
     """What :class:`MultDAE` and :class:`MultVAE` share: the network's widths, dropout, vae_cf's weight decay."""
 
-    parameter_constraints = {"hidden": [POSITIVE_INT], "latent": [POSITIVE_INT], "dropout": [PROBABILITY],
-                             "l2": [NON_NEGATIVE]}
+    parameter_constraints = {"hidden": [WIDTH], "latent": [WIDTH], "dropout": [PROBABILITY],
+                             "l2": [WEIGHT]}
     #: vae_cf's widths and weight decays (0 for Mult-VAE, 0.01 / 500 in the notebook's Mult-DAE)
     search_space = {"hidden": Choice(200, 600), "latent": Choice(100, 200), "dropout": FloatRange(0.2, 0.8),
                     "l2": Choice(0.0, 2e-5, 1e-4)}
@@ -272,7 +272,7 @@ class MultVAE(_MultAutoencoder):
         The KL weight of the last update done.
     """
 
-    parameter_constraints = {"beta_cap": [NON_NEGATIVE], "total_anneal_steps": [POSITIVE_INT]}
+    parameter_constraints = {"beta_cap": [WEIGHT], "total_anneal_steps": [STEPS]}
     #: Liang et al. sweep the cap of the KL weight up to 1
     search_space = {"beta_cap": FloatRange(0.05, 1.0)}
     _net_class = MultVAENet

@@ -69,7 +69,7 @@ from aerec.core.losses import multinomial_nll
 from aerec.core.variational import GaussianLatent, reparameterize
 from aerec.data.batching import RowBatch
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import POSITIVE, POSITIVE_INT, PROBABILITY, Boolean, Satisfies
+from aerec.params import COUNT, LAYERS, MAX_REAL, PROBABILITY, RATE, WIDTH, Boolean, Satisfies
 from aerec.search_space import FloatRange
 from aerec.training import Phase, TrainingState
 
@@ -91,7 +91,7 @@ def gaussian_log_pdf(z: torch.Tensor, mu: torch.Tensor | float, logvar: torch.Te
 
 
 def _three_positive_weights(weights) -> bool:
-    return len(weights) == 3 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
+    return len(weights) == 3 and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= MAX_REAL
                                      for w in weights)
 
 
@@ -215,10 +215,9 @@ class RecVAE(TorchRecommender):
     """
 
     parameter_constraints = {
-        "hidden": [POSITIVE_INT], "latent": [POSITIVE_INT], "dropout": [PROBABILITY],
-        "gamma": [POSITIVE, None], "beta": [POSITIVE, None],
-        "encoder_passes": [POSITIVE_INT], "decoder_passes": [POSITIVE_INT], "layers": [POSITIVE_INT],
-        "mixture_weights": [Satisfies(_three_positive_weights, "a sequence of three positive finite weights")],
+        "hidden": [WIDTH], "latent": [WIDTH], "dropout": [PROBABILITY], "gamma": [RATE, None], "beta": [RATE, None],
+        "encoder_passes": [COUNT], "decoder_passes": [COUNT], "layers": [LAYERS],
+        "mixture_weights": [Satisfies(_three_positive_weights, f"a sequence of three positive weights up to {MAX_REAL:g}")],
         "copy_prior_at_start": [Boolean()],
     }
     search_space = {"gamma": FloatRange(1e-3, 0.05, log=True), "dropout": FloatRange(0.3, 0.8),

@@ -51,7 +51,7 @@ import torch
 from aerec._torch import resolve_device
 from aerec.data.batching import RowBatch, iter_row_batches
 from aerec.models.base import Recommender
-from aerec.params import POSITIVE, POSITIVE_INT, SEED, Boolean, Device, Options
+from aerec.params import BATCH, COUNT, RATE, SECONDS, SEED, Boolean, Device, Options
 from aerec.search_space import FloatRange
 from aerec.training import PRECISIONS, LoopState, Phase, TrainConfig, TrainingState, train
 
@@ -62,9 +62,9 @@ class TorchRecommender(Recommender):
     """A recommender trained by epochs through :func:`aerec.training.train` (see the module docstring)."""
 
     parameter_constraints = {
-        "epochs": [POSITIVE_INT], "batch_size": [POSITIVE_INT], "lr": [POSITIVE], "seed": [SEED],
-        "device": [Device()], "patience": [POSITIVE_INT, None], "progress": [Boolean()],
-        "precision": [Options(*PRECISIONS)], "max_seconds": [POSITIVE, None],
+        "epochs": [COUNT], "batch_size": [BATCH], "lr": [RATE], "seed": [SEED],
+        "device": [Device()], "patience": [COUNT, None], "progress": [Boolean()],
+        "precision": [Options(*PRECISIONS)], "max_seconds": [SECONDS, None],
     }
     search_space = {"lr": FloatRange(1e-4, 1e-2, log=True)}
     #: "mean" or "sum": how the loss reduces over a batch's rows (distributed training weighs ranks by it).
@@ -117,6 +117,27 @@ class TorchRecommender(Recommender):
         """A freshly built network of the fitted shape, initialised from ``seed`` by a generator of its own."""
         return self.build_module(torch.Generator().manual_seed(int(self.seed)))
 
+    def check_training_memory(self, rows) -> None:
+        """Refuse, before anything is allocated, a fit whose network and batches cannot fit on the device: the
+        network (built on "meta", which allocates nothing) in float32 five times over (weights, gradients, two
+        Adam moments, the best epoch's copy) and each batch's dense rows four times (input, output, their
+        gradients). A hidden=10**6 or a batch_size=10**7 is told, not an allocator's failure half-way."""
+        from aerec._torch import device_room_bytes
+
+        with torch.device("meta"):
+            parameters = sum(tensor.numel() for tensor in self.new_module().state_dict().values())
+        batch_rows = rows.shape[0] if self.batch_size is None else min(int(self.batch_size), rows.shape[0])
+        needed = 5 * 4 * parameters + 4 * 4 * batch_rows * rows.shape[1]
+        room = device_room_bytes(self.device_)
+        if room is not None and needed > room:
+            sizes = ", ".join(f"{name}={getattr(self, name)!r}" for name in ("hidden", "latent", "factors")
+                              if hasattr(self, name))
+            raise MemoryError(
+                f"{type(self).__name__}'s training needs about {needed / 2**30:.1f} GiB on {self.device_} "
+                f"({parameters:,} parameters with {sizes or 'these settings'}: weights, gradients, Adam's moments "
+                f"and the best epoch's copy; batches of {batch_rows:,} rows x {rows.shape[1]:,} columns); "
+                f"{room / 2**30:.1f} GiB is free: lower the widths or batch_size")
+
     def learning_rate(self) -> float:
         """The optimizer's learning rate (``lr``; a model with per-optimizer defaults overrides this)."""
         return float(self.lr)
@@ -137,6 +158,7 @@ class TorchRecommender(Recommender):
                              f"{self._fitted_shape}: continue on the same rows and items, or fit afresh")
         self.device_ = resolve_device(self.device)
         if not warm:  # a re-fit starts from fresh weights
+            self.check_training_memory(self.training_rows(matrix))
             self.module_ = self.new_module().to(self.device_)
             self._loop = LoopState()
         self._fitted_shape = matrix.shape
