@@ -664,3 +664,57 @@ def test_a_network_too_large_for_the_memory_is_refused_before_training(tmp_path,
                  "--param", "latent=1048576", "--out", str(tmp_path / "m"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "MultVAE's training needs about" in err and not (tmp_path / "m").exists()
+
+
+# -- 5. inputs are sized before they are read ----------------------------------------------------------------
+def test_a_parquet_file_of_many_rows_is_refused_from_its_footer(tmp_path, monkeypatch, capsys):
+    """A 2.7 MB Parquet file of 300 million identical rows drove memory past 5.8 GB: its footer says how many."""
+    import pandas as pd
+
+    import aerec._torch
+    from aerec.cli import main
+    from aerec.data.readers import read_interactions, read_parquet
+
+    path = tmp_path / "same.parquet"
+    pd.DataFrame({"user": np.ones(2_000_000, np.int64), "item": np.ones(2_000_000, np.int64)}).to_parquet(path)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(aerec._torch, "available_memory_bytes", lambda: 64 * 2**20)  # a 64 MiB machine
+    for read in (read_interactions, read_parquet):
+        with pytest.raises(MemoryError, match=r"same.parquet holds 2,000,000 rows of 2 column\(s\); reading it needs "
+                                              r"about 153 MiB and 64 MiB is available"):
+            read(path)
+    assert main(["train", "--model", "popularity", "--dataset", str(path), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aerec train: error: ") and "2,000,000 rows" in err and not (tmp_path / "m").exists()
+
+
+def test_a_file_of_zero_bytes_is_refused_by_its_first_line(tmp_path, capsys):
+    """A 2 GB sparse file of zeros (one "line") went past 8.7 GB, and under a cap failed with an empty message."""
+    from aerec.cli import main
+
+    path = tmp_path / "zeros.csv"
+    with open(path, "wb") as handle:
+        handle.truncate(2 * 10**9)  # sparse: no disk used
+    assert main(["train", "--model", "popularity", "--dataset", str(path), "--out", str(tmp_path / "m")]) == 2
+    assert "its first line is longer than 1,048,576 characters" in capsys.readouterr().err
+
+
+def test_an_id_that_swallowed_a_file_is_refused(tmp_path):
+    """A 50 MB CSV with one long id reached 2.2 GB."""
+    from aerec.data.readers import read_interactions
+
+    (tmp_path / "long.csv").write_text("user,item\n1," + "x" * 5_000_000 + "\n2,a\n")
+    with pytest.raises(ValueError, match=r"column 'item' has an id of 5,000,000 characters at row 0; expected ids of "
+                                         r"at most 4,096"):
+        read_interactions(tmp_path / "long.csv")
+
+
+def test_a_text_file_larger_than_the_memory_allows_is_refused_with_its_size(tmp_path, monkeypatch):
+    import aerec._torch
+    from aerec.data.readers import read_csv, read_interactions
+
+    (tmp_path / "r.csv").write_text("user,item\n" + "".join(f"{u},{u % 7}\n" for u in range(100_000)))
+    monkeypatch.setattr(aerec._torch, "available_memory_bytes", lambda: 2**20)
+    for read in (read_csv, read_interactions):
+        with pytest.raises(MemoryError, match=r"r.csv holds 1 MiB of text; reading it needs about \d MiB and 1 MiB is available"):
+            read(tmp_path / "r.csv")

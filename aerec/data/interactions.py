@@ -252,6 +252,10 @@ def _column(df: pd.DataFrame, name) -> pd.Series:
     return column
 
 
+#: The longest id (in characters) a user or item may have: URLs fit, a file swallowed by one field does not.
+MAX_ID_CHARS = 4096
+
+
 def _ids(column: pd.Series, name: str) -> np.ndarray:
     if column.isna().any():
         bad = int(column.isna().to_numpy().nonzero()[0][0])
@@ -261,6 +265,12 @@ def _ids(column: pd.Series, name: str) -> np.ndarray:
         kinds = {type(v) for v in values[:1000]}
         if len(kinds) > 1:
             raise ValueError(f"column {name!r} mixes id types {sorted(k.__name__ for k in kinds)}; expected one type")
+        lengths = pd.Series(values).str.len() if kinds == {str} else pd.Series([0])
+        if lengths.max() > MAX_ID_CHARS:  # one 50 MB id took a 50 MB CSV past 2 GB (fixed-width copies of the ids)
+            row = int(lengths.to_numpy().argmax())
+            raise ValueError(f"column {name!r} has an id of {int(lengths.iloc[row]):,} characters at row {row}; "
+                             f"expected ids of at most {MAX_ID_CHARS:,} (a wrong separator or an unclosed quote "
+                             "makes one field of a whole file)")
     return values
 
 
