@@ -61,6 +61,8 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
                                     {"History": History})
     check_fingerprint(path, normalised(document.get("fingerprint")), normalised(fingerprint))
     try:
+        if not isinstance(snapshot, dict):
+            raise TypeError(f"a state of type {type(snapshot).__name__}; expected a dict")
         if not isinstance(snapshot["module"], ModuleWeights):
             raise TypeError("no module weights")
         if not isinstance(snapshot["history"], History):
@@ -88,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
         loop.history, loop.best_weights = snapshot["history"], snapshot["best_weights"]
         loop.since_best = int(snapshot["since_best"])
         return True
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise StateFileError(f"{path}/{KIND}.json cannot be resumed: {' '.join(str(exc).split())[:500]}") from exc
 
 
@@ -128,18 +130,66 @@ def check_optimizer_state(optimizer, saved) -> None:
         indices = saved_group.get("params") if isinstance(saved_group, dict) else None
         if not isinstance(indices, list) or len(indices) != len(group["params"]):
             raise ValueError("optimizer parameter groups that do not match the model's parameters")
+        check_group_settings(saved_group, group, type(optimizer).__name__)
         parameters.update(zip(indices, group["params"]))
     flat_size = sum(param.numel() for param in parameters.values())  # L-BFGS keeps flat vectors of all of them
+    expected_names = optimizer_state_names(optimizer)
     for index, entries in saved["state"].items():
         param = parameters.get(index)
         if param is None or not isinstance(entries, dict):
             raise ValueError(f"optimizer state for parameter {index!r}, which no parameter group holds")
+        not_tensors = sorted(str(key) for key, value in entries.items() if not isinstance(value, torch.Tensor))
+        if expected_names is not None and (set(entries) != expected_names or not_tensors):
+            # a missing one was a KeyError mid-step, a None or a number a TypeError in Adam's step
+            raise ValueError(f"optimizer state for parameter {index!r} holds {sorted(map(str, entries))} (not "
+                             f"tensors: {not_tensors}); a {type(optimizer).__name__} keeps tensors "
+                             f"{sorted(expected_names)}")
         for name, value in entries.items():
             if isinstance(optimizer, torch.optim.LBFGS) and isinstance(value, (list, tuple)):
                 for item in value:
                     check_state_value(f"{name} entry", item, param, flat_size)
             else:
                 check_state_value(name, value, param, None if not isinstance(optimizer, torch.optim.LBFGS) else flat_size)
+
+
+def check_group_settings(saved: dict, group: dict, optimizer: str) -> None:
+    """A saved parameter group's settings (``lr``, ``betas``, ``eps``, ...) are the live group's names, each of
+    its kind: a number (finite) for a number, a pair for a pair, a flag for a flag (``betas=[]`` was a ValueError
+    inside Adam's step, ``lr=[]`` a TypeError in the fused kernel)."""
+    names = set(saved) - {"params"}
+    if names != set(group) - {"params"}:
+        raise ValueError(f"a {optimizer} parameter group with settings {sorted(map(str, names))}; expected "
+                         f"{sorted(set(group) - {'params'})}")
+    for name in names:
+        if not same_kind(saved[name], group[name]):
+            raise ValueError(f"a {optimizer} parameter group with {name}={str(saved[name])[:80]}; expected a value "
+                             f"like {group[name]!r}")
+
+
+def same_kind(value, like) -> bool:
+    if isinstance(like, bool) or like is None or isinstance(like, str):
+        return type(value) is type(like)
+    if isinstance(like, (int, float)) or (isinstance(like, torch.Tensor) and like.numel() == 1):
+        number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        return not isinstance(number, bool) and isinstance(number, (int, float)) and math.isfinite(number)
+    if isinstance(like, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(like)
+                and all(same_kind(item, item_like) for item, item_like in zip(value, like)))
+    return type(value) is type(like)
+
+
+def optimizer_state_names(optimizer) -> set | None:
+    """The names of the per-parameter state ``optimizer`` keeps once it has stepped (None: not known here)."""
+    from aerec.optim import CliminRprop
+
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        amsgrad = any(group.get("amsgrad") for group in optimizer.param_groups)
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
+    if isinstance(optimizer, torch.optim.Rprop):
+        return {"step", "prev", "step_size"}
+    if isinstance(optimizer, CliminRprop):
+        return {"step_size", "previous_gradient"}
+    return None  # SGD keeps a momentum buffer or nothing; L-BFGS its history
 
 
 def check_state_value(name: str, value, param: torch.Tensor, flat_size: int | None) -> None:
@@ -192,6 +242,8 @@ def normalised(value):
 def check_fingerprint(path, saved: dict, wanted: dict) -> None:
     if saved == wanted:
         return
+    if not isinstance(saved, dict):
+        saved = {"fingerprint": saved}  # not a fingerprint at all: every key differs
     differences = [f"{key}: checkpoint {saved.get(key)!r}, this run {wanted.get(key)!r}"
                    for key in sorted(set(saved or {}) | set(wanted)) if (saved or {}).get(key) != wanted.get(key)]
     raise CheckpointMismatchError(f"the checkpoint in {path} was written by another run ({'; '.join(differences)[:800]}); "

@@ -308,7 +308,7 @@ def test_fold_in_of_training_users_rows_is_not_worse_than_a_zero_user_vector(ml1
     ({"negative_sampling": "popular"}, "negative_sampling='popular'; expected one of"),
     ({"negative_ratio": 0}, "negative_ratio=0; expected a positive number"),
     ({"fold_in": "mean"}, "fold_in='mean'; expected one of"),
-    ({"fold_in_steps": 2.5}, "fold_in_steps=2.5; expected a positive integer \\(at most 10000\\)"),
+    ({"fold_in_steps": 2.5}, "fold_in_steps=2.5; expected an integer in \\[1, 1000\\]"),
     ({"optimizer": "adagrad"}, "optimizer='adagrad'; expected one of"),
     ({"patience": 0}, "patience=0; expected a positive integer"),
     ({"seed": -1}, r"seed=-1; expected an integer in \[0, 2\*\*32 - 1\]"),

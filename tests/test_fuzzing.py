@@ -8,10 +8,17 @@ json. The command line exits 0 or 2 (``datasets``: 1 on a checksum mismatch),
 says what went wrong in exactly one ``aerec <command>: error:`` line, last on
 stderr, and leaves no partial output file behind.
 
-The default profile runs over 10,000 generated cases in all (``EXAMPLES``); the
-environment variable ``AEREC_FUZZ_SCALE`` multiplies every count, which is how
-``evaluation/fuzz_inputs.py`` runs the large profile. Each case is counted in
-``TALLY`` by target and outcome for that script's report.
+Issue 19 added every hyper-parameter of every registered model in a saved
+config, and checkpoints (checkpoint.json's every field and nesting, the tensor
+file's header, shapes, dtypes and bytes) resumed by a fit; each of their cases
+may compute at most ``CASE_SECONDS`` of CPU time and grow the address space by
+at most ``CASE_MEMORY`` (RLIMIT_AS).
+
+The default profile runs 20,700 generated cases in all (``EXAMPLES``: 10,700
+before issue 19, 10,000 since); the environment variable ``AEREC_FUZZ_SCALE``
+multiplies every count, which is how ``evaluation/fuzz_inputs.py`` runs the
+large profile. Each case is counted in ``TALLY`` by target and outcome for that
+script's report.
 
 Below the properties are the regression tests of the bugs the fuzzing found.
 """
@@ -27,6 +34,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -43,14 +51,16 @@ import aerec
 from aerec.cli import main
 from aerec.data import Interactions, load_movielens, read_csv, read_parquet
 from aerec.data.interactions import DUPLICATE_POLICIES
-from aerec.models import make_model
+from aerec.models import MODELS, make_model
+from aerec.training import NonFiniteLossError
 from aerec.state import MARKERS, StateFileError, sha256_of_file
 
 AEREC_DIR = Path(aerec.__file__).resolve().parent
 SCALE = float(os.environ.get("AEREC_FUZZ_SCALE", "1"))
-# generated cases per property in the default profile (10,700 in all); AEREC_FUZZ_SCALE multiplies them
+# generated cases per property in the default profile (20,700 in all); AEREC_FUZZ_SCALE multiplies them
 EXAMPLES = {"movielens_files": 1800, "generic_csv": 1300, "parquet": 700, "from_pandas": 2300,
-            "load_damaged_config": 1800, "load_damaged_tensor_file": 1300, "load_damaged_files": 300, "cli": 1200}
+            "load_damaged_config": 1800, "load_damaged_tensor_file": 1300, "load_damaged_files": 300, "cli": 1200,
+            "saved_hyper_parameters": 6000, "damaged_checkpoint": 4000}
 TALLY: collections.Counter = collections.Counter()  # (target, outcome) -> cases, read by evaluation/fuzz_inputs.py
 MESSAGES: dict = {}  # (target, outcome) -> the first message seen, for the same report
 REASONS: collections.Counter = collections.Counter()  # (target, message with its values blanked) -> cases
@@ -515,6 +525,135 @@ def test_fuzz_load_damaged_tensor_file(workspace, saved_models, name, edit):
         config["tensors"].update(bytes=tensor_file.stat().st_size, sha256=sha256_of_file(tensor_file))
         (path / "config.json").write_text(json.dumps(config))
         load_and_use(path, "aerec.load (tensor file)")
+
+
+# -- every hyper-parameter of every model, and checkpoints, as a crafted file would set them -------------
+#: What a case may take: longer, or an address space past this much above the test's start, is a failure.
+CASE_SECONDS = 5.0
+CASE_MEMORY = 2**30
+
+
+@contextlib.contextmanager
+def bounded_memory(extra: int = CASE_MEMORY):
+    """Cap the address space at its size now plus ``extra`` (RLIMIT_AS), so a case that allocates past it fails
+    (numpy's MemoryError, torch's RuntimeError: neither is a clean refusal) instead of swapping the machine."""
+    import resource
+
+    torch.ones(512, 512).sum(0)  # OpenMP starts its threads now: under the cap, creating one aborts the process
+    size = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@contextlib.contextmanager
+def bounded_time(target: str, seconds: float = CASE_SECONDS):
+    """A case may compute ``seconds`` of CPU time (this process's, so that a busy machine does not fail it)."""
+    started = time.process_time()
+    yield
+    spent = time.process_time() - started
+    assert spent < seconds, f"{target}: a case computed for {spent:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def every_saved_model(workspace) -> dict[str, Path]:
+    """Each registered model fitted briefly on small data (ratings for the rating models) and saved."""
+    from tests.conftest import random_implicit_csr
+
+    clicks = random_implicit_csr(30, 12, seed=1)
+    ratings = clicks.copy()
+    ratings.data = 1.0 + np.arange(ratings.nnz, dtype=np.float32) % 5
+    small = {"epochs": 1, "hidden": 8, "latent": 4, "factors": 4, "iterations": 1, "batch_size": 10}
+    saved = {}
+    for name in MODELS:
+        params = {key: value for key, value in small.items() if key in make_model(name).get_params()}
+        if name == "autoencoder":
+            params["hidden"] = (8,)
+        if name == "autorec":
+            params.pop("batch_size")  # Rprop is full-batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = make_model(name, **params).fit(ratings if name in ("autorec", "bias") else clicks)
+        saved[name] = aerec.save(model, workspace / f"every-{name}")
+    return saved
+
+
+HYPER_VALUES = st.one_of(
+    st.sampled_from([0, -1, 1, 2, 3, 64, 2**20, 2**20 + 1, 2**31, 10**6 + 1, 10**12, 2**63 - 1, 2**63, 10**30, 0.0,
+                     -0.0, 1e-300, 0.5, 0.999, 1.0, 1.5, 1e12, 1.1e12, 1e300, float("nan"), float("inf"),
+                     -float("inf"), True, False, None, "", "x", "adam", "lbfgs", "cpu", "cuda", "meta", "item", "user",
+                     "float64", "bf16", [], [1, 1, 1], [1, 1, 1e300], [8, 2**21], [0], {}, {"__tensor__": "x"}]),
+    st.integers(), st.floats(), json_values)
+
+
+@fuzz_settings("saved_hyper_parameters")
+@given(st.sampled_from(sorted(MODELS)),
+       st.lists(st.tuples(st.integers(0, 10**6), HYPER_VALUES), min_size=1, max_size=3))
+def test_fuzz_saved_hyper_parameters(workspace, every_saved_model, name, edits):
+    """Any value of any of a saved model's hyper-parameters: loaded and scored within the bounds, or refused."""
+    with scratch(workspace) as folder:
+        path, config, _ = copy_model(every_saved_model[name], folder)
+        params = config["state"]["params"]
+        keys = sorted(params) or ["x"]  # popularity has none: a stray key
+        for index, value in edits:
+            params[keys[index % len(keys)]] = value
+        (path / "config.json").write_text(json.dumps(config))
+        with bounded_time("saved hyper-parameters"), bounded_memory():
+            load_and_use(path, "aerec.load (hyper-parameters)")
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(workspace):
+    """A Mult-DAE stopped after 2 of 3 epochs with its checkpoint, and the data it trains on."""
+    from tests.conftest import random_implicit_csr
+
+    train = random_implicit_csr(30, 12, seed=1)
+    users = random_implicit_csr(6, 12, seed=2, density=0.5).tocoo()
+    held = np.arange(users.nnz) % 3 == 0
+    validation = tuple(sp.csr_matrix((users.data[mask], (users.row[mask], users.col[mask])), users.shape)
+                       for mask in (~held, held))
+    folder = workspace / "checkpoint"
+    make_model("mult_dae", **CHECKPOINT_MODEL, epochs=2).fit(train, validation, checkpoint=folder)
+    return folder, train, validation
+
+
+CHECKPOINT_MODEL = {"hidden": 8, "latent": 4, "batch_size": 10, "device": "cpu"}
+checkpoint_edits = st.one_of(st.tuples(st.just("json"), json_edits, text_edits),
+                             st.tuples(st.just("json"), json_edits, st.just(("keep",))),
+                             st.tuples(st.just("tensors"), tensor_edits))
+
+
+@fuzz_settings("damaged_checkpoint")
+@given(st.lists(checkpoint_edits, min_size=1, max_size=2, unique_by=lambda edit: edit[0]).map(
+    lambda edits: sorted(edits, key=lambda edit: edit[0] != "tensors")))  # the tensor file first, then the JSON
+def test_fuzz_damaged_checkpoint(workspace, saved_checkpoint, edits):
+    """Any damage to checkpoint.json (every field, nesting, text) or its tensor file (header, shapes, dtypes, bytes):
+    the resumed fit finishes or is refused with a ValueError (StateFileError, CheckpointMismatchError)."""
+    source, train, validation = saved_checkpoint
+    with scratch(workspace) as folder:
+        directory = Path(shutil.copytree(source, folder / "checkpoint"))
+        document = json.loads((directory / "checkpoint.json").read_text())
+        tensor_file = directory / document["tensors"]["file"]
+        for edit in edits:
+            if edit[0] == "tensors" and isinstance(document, dict) and tensor_file.is_file():
+                tensor_file.write_bytes(damaged_tensor_file(tensor_file.read_bytes(), edit[1], document))
+                if isinstance(document.get("tensors"), dict):
+                    document["tensors"].update(bytes=tensor_file.stat().st_size, sha256=sha256_of_file(tensor_file))
+                (directory / "checkpoint.json").write_text(json.dumps(document))
+            elif edit[0] == "json":
+                for json_edit in edit[1]:
+                    document = edit_json(document, json_edit)
+                (directory / "checkpoint.json").write_bytes(config_text(document, edit[2]))
+        with bounded_time("damaged checkpoint"), bounded_memory():
+            try:
+                succeeds_or_refuses("resume (checkpoint)", lambda: make_model(
+                    "mult_dae", **CHECKPOINT_MODEL, epochs=3).fit(train, validation, checkpoint=directory))
+            except NonFiniteLossError as exc:  # finite weights flipped to huge ones (checksums made to agree)
+                count("resume (checkpoint)", "refused (NonFiniteLossError)", str(exc))
 
 
 SPECIAL_FILES = ("tensors_to_dev_zero", "config_loop", "config_fifo")

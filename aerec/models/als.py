@@ -10,6 +10,7 @@ two differ by the CG approximation only.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -18,6 +19,10 @@ from threadpoolctl import threadpool_limits
 
 from aerec.models.base import Recommender
 from aerec.params import COUNT, RATE, SEED, THREADS, WIDTH
+
+#: The cores this process may use: more threads are never faster (a model file asking 4096 made OpenMP start
+#: 4096 threads, which fails where the address space is capped).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 from aerec.search_space import Choice, FloatRange
 
 
@@ -30,7 +35,8 @@ class ALS(Recommender):
     random_state : int
         Seed of the initial factors.
     num_threads : int
-        Threads for implicit (0: all cores).
+        Threads for implicit (0: all cores; more than the cores this process may use are capped to them, which
+        changes no result: ALS solves each row on its own).
     """
 
     def __init__(self, factors: int = 100, regularization: float = 0.01, alpha: float = 1.0, iterations: int = 15,
@@ -52,13 +58,13 @@ class ALS(Recommender):
         with threadpool_limits(1, "blas"):
             self.model_.fit(matrix, show_progress=False)
 
-    def new_implicit_model(self):
+    def new_implicit_model(self):  # ALS's least squares give the same factors on any number of threads
         """An unfitted implicit ``AlternatingLeastSquares`` with this model's hyper-parameters."""
         from implicit.cpu.als import AlternatingLeastSquares
 
         return quiet_implicit(lambda: AlternatingLeastSquares(
             factors=self.factors, regularization=self.regularization, alpha=self.alpha, iterations=self.iterations,
-            random_state=self.random_state, num_threads=self.num_threads))
+            random_state=self.random_state, num_threads=min(self.num_threads or CORES, CORES)))
 
     def fitted_state(self) -> dict:
         """The factors in place of implicit's model object (a model file holds arrays only)."""

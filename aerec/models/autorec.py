@@ -615,7 +615,12 @@ class AutoRec(TorchRecommender):
             # gram is symmetric positive definite (l2 > 0, at least one rating). Cholesky, not linalg.solve:
             # torch's batched LU solve with MKL fails on 2+ threads here ("DLASWP parameter 6", torch 2.13 CPU).
             right = gathered.transpose(1, 2) @ target[..., None]
-            units[torch.from_numpy(chunk).to(device)] = torch.cholesky_solve(right, torch.linalg.cholesky(gram))[..., 0]
+            factor, failed = torch.linalg.cholesky_ex(gram)
+            solved = torch.cholesky_solve(right, factor)
+            if bool(failed.any()):  # an l2 so small (1e-300) that a short row's gram is singular in float64:
+                bad = failed.nonzero()[:, 0]  # its minimum-norm solution (the limit as l2 -> 0) by pseudo-inverse
+                solved[bad] = torch.linalg.pinv(gram[bad], hermitian=True) @ right[bad]
+            units[torch.from_numpy(chunk).to(device)] = solved[..., 0]
             start = stop
         return units
 
