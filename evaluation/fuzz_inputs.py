@@ -89,8 +89,9 @@ def markdown(record: dict) -> str:
                f"{len(failed)} propert(y/ies) FAILED (pytest exit code {record['pytest_exit_code']}); see the JSON")
     target_rows = [[t["target"], f"{t['cases']:,}", "; ".join(f"{k}: {v:,}" for k, v in t["outcomes"].items())]
                    for t in record["targets"]]
-    test_rows = [[t["test"], f"{record['examples'].get(t['test'].removeprefix('test_fuzz_'), '')}", t["outcome"],
-                  f"{t['seconds']:.1f}"] for t in record["tests"]]
+    test_rows = [[t["test"], f"{record['examples'].get(t['test'].removeprefix('test_fuzz_').split('[')[0], '')}"
+                  + (" (a share)" if "[" in t["test"] else ""), t["outcome"], f"{t['seconds']:.1f}"]
+                 for t in record["tests"]]
     reason_lines = []
     for entry in record["reasons"]:
         reason_lines.append(f"\n**{entry['target']}** ({entry['kinds']:,} kinds of message)\n")

@@ -84,8 +84,10 @@ def message_template(message: str) -> str:
     return re.sub(r"-?\b\d[\d.e+-]*", "N", message)[:110]
 
 
-def fuzz_settings(name: str):
-    return settings(max_examples=max(1, round(EXAMPLES[name] * SCALE)), deadline=None,
+def fuzz_settings(name: str, shards: int = 1):
+    """The property's settings; a property run as ``shards`` tests (so that ``pytest -n`` spreads it over its
+    workers) takes its share of the examples in each."""
+    return settings(max_examples=max(1, round(EXAMPLES[name] * SCALE / shards)), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -590,10 +592,14 @@ HYPER_VALUES = st.one_of(
     st.integers(), st.floats(), json_values)
 
 
-@fuzz_settings("saved_hyper_parameters")
+SHARDS = 3
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+@fuzz_settings("saved_hyper_parameters", SHARDS)
 @given(st.sampled_from(sorted(MODELS)),
        st.lists(st.tuples(st.integers(0, 10**6), HYPER_VALUES), min_size=1, max_size=3))
-def test_fuzz_saved_hyper_parameters(workspace, every_saved_model, name, edits):
+def test_fuzz_saved_hyper_parameters(workspace, every_saved_model, shard, name, edits):
     """Any value of any of a saved model's hyper-parameters: loaded and scored within the bounds, or refused."""
     with scratch(workspace) as folder:
         path, config, _ = copy_model(every_saved_model[name], folder)
@@ -627,10 +633,11 @@ checkpoint_edits = st.one_of(st.tuples(st.just("json"), json_edits, text_edits),
                              st.tuples(st.just("tensors"), tensor_edits))
 
 
-@fuzz_settings("damaged_checkpoint")
+@pytest.mark.parametrize("shard", range(SHARDS))
+@fuzz_settings("damaged_checkpoint", SHARDS)
 @given(st.lists(checkpoint_edits, min_size=1, max_size=2, unique_by=lambda edit: edit[0]).map(
     lambda edits: sorted(edits, key=lambda edit: edit[0] != "tensors")))  # the tensor file first, then the JSON
-def test_fuzz_damaged_checkpoint(workspace, saved_checkpoint, edits):
+def test_fuzz_damaged_checkpoint(workspace, saved_checkpoint, shard, edits):
     """Any damage to checkpoint.json (every field, nesting, text) or its tensor file (header, shapes, dtypes, bytes):
     the resumed fit finishes or is refused with a ValueError (StateFileError, CheckpointMismatchError)."""
     source, train, validation = saved_checkpoint
