@@ -90,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: dict, module, loop: Lo
         loop.history, loop.best_weights = snapshot["history"], snapshot["best_weights"]
         loop.since_best = int(snapshot["since_best"])
         return True
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as exc:
         raise StateFileError(f"{path}/{KIND}.json cannot be resumed: {' '.join(str(exc).split())[:500]}") from exc
 
 

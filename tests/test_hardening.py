@@ -729,3 +729,13 @@ def test_i_autorec_folds_in_with_a_vanishing_l2():
     model.l2 = 1e-300
     scores = model.score(ratings[:5])
     assert np.isfinite(scores).all() and np.isfinite(model.predict(np.arange(5), np.arange(5))).all()
+
+
+def test_a_checkpoint_with_a_negative_numpy_generator_state_is_refused(vae_checkpoint):
+    """Found by the checkpoint fuzzing in CI: PCG64's state set to -1 was an OverflowError traceback."""
+    directory, train, validation = vae_checkpoint
+    document = json.loads((directory / "checkpoint.json").read_text())
+    document["state"]["numpy_rng"]["state"]["state"] = -1
+    (directory / "checkpoint.json").write_text(json.dumps(document))
+    with pytest.raises(StateFileError, match="cannot be resumed"):
+        make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
