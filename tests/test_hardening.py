@@ -657,7 +657,8 @@ def test_a_network_too_large_for_the_memory_is_refused_before_training(tmp_path,
     with pytest.raises(MemoryError, match=r"MultDAE's training needs about 4096\d\.\d GiB on cpu \(2,199,110,287,400 "
                                           r"parameters with hidden=1048576, latent=1048576.*GiB is free: lower"):
         make_model("mult_dae", hidden=2**20, latent=2**20, epochs=1).fit(random_implicit_csr(60, 40))
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
+
     pd.DataFrame({"user": [u for u in range(30) for _ in range(6)],
                   "item": [(u + j) % 12 for u in range(30) for j in range(6)]}).to_csv(tmp_path / "c.csv", index=False)
     code = main(["train", "--model", "mult_vae", "--dataset", str(tmp_path / "c.csv"), "--param", "hidden=1048576",
