@@ -78,18 +78,19 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def directory_lock(directory: str | os.PathLike):
+def directory_lock(directory: str | os.PathLike, name: str = LOCK_NAME):
     """Hold the advisory write lock of ``directory`` (created if needed) while the block runs.
 
     An exclusive ``flock`` on ``<directory>/.aerec.lock``, taken without waiting: a second writer (another
     process, or another ``aerec train --out`` on the same folder) gets a :class:`DirectoryBusyError` at once,
     naming the holder (host and process id). This process may take a lock it holds again (saving inside a
     training run that holds it). The lock goes with the process: a killed writer leaves none behind. Where
-    ``fcntl`` is missing (Windows) nothing is locked.
+    ``fcntl`` is missing (Windows) nothing is locked. ``name`` picks another lock file of the directory (one per
+    rank of a sharded job, whose ranks write one directory together).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(directory)
+    key = os.path.join(os.path.realpath(directory), name)
     if key in _held_locks:
         _held_locks[key][1] += 1
         try:
@@ -102,7 +103,7 @@ def directory_lock(directory: str | os.PathLike):
     except ImportError:  # not a POSIX system
         yield
         return
-    descriptor = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, default_file_mode())
+    descriptor = os.open(directory / name, os.O_RDWR | os.O_CREAT, default_file_mode())
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # BlockingIOError: held elsewhere

@@ -3,11 +3,16 @@
 Every user of the input is folded in from their rows (users the model never saw
 included), their known items are excluded, and the results are written batch by
 batch (a bounded block of scores at a time), so millions of users fit in memory.
-The output appears under its name only when it is complete.
+A file output appears under its name only when it is complete. An output directory
+(``--output OUT_DIR/``) runs the sharded, resumable job of :mod:`aerec.inference`:
+Parquet parts and a manifest, the input read in chunks, and under ``torchrun`` one
+share of the users per process.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from aerec.cli.common import (
     progress,
 )
 from aerec.data.catalogue import align_to_catalogue, recommendations_frame
+from aerec.inference import history_threshold
 
 
 def register(commands) -> None:
@@ -41,13 +47,23 @@ def register(commands) -> None:
     parser.add_argument("--input", required=True,
                         help="the users' interactions: CSV or Parquet with user,item[,rating] columns, or a MovieLens "
                              "ratings file (u.data, ratings.dat, ratings.csv)")
-    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
-    parser.add_argument("--output", required=True, help="recs.csv or recs.parquet (written when complete)")
+    parser.add_argument("--n", "--top-n", dest="n", type=int, default=10,
+                        help="items per user (default 10); under torchrun write --top-n (torchrun takes --n for an "
+                             "abbreviation of its own options)")
+    parser.add_argument("--output", required=True,
+                        help="recs.csv or recs.parquet (written when complete), or a directory (OUT_DIR/): Parquet "
+                             "parts part-<rank>-<k>.parquet and a manifest.json written last, the input read in "
+                             "chunks, resumable (the same command again finishes a killed job), and shared among the "
+                             "processes of torchrun --nproc-per-node N [--nnodes M] -m aerec recommend ...")
     add_overwrite_argument(parser)
     parser.add_argument("--include-seen", action="store_true", help="do not exclude the items a user already has")
     parser.add_argument("--memory-mib", type=int,
                         help="memory for one batch of scores, in MiB (default: 8 on the CPU, 256 on a GPU)")
-    parser.add_argument("--device", help="cpu, cuda or auto (default: the saved model's device setting)")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: the saved model's device setting); under "
+                                         "torchrun each process takes the GPU LOCAL_RANK")
+    parser.add_argument("--part-interactions", type=int, default=None,
+                        help="with an output directory: about this many input interactions per part (default "
+                             "2,000,000); smaller parts lose less work to a kill and hold less memory")
     add_reading_arguments(parser, "--input", histories=True)
     parser.set_defaults(run=run)
 
@@ -57,6 +73,16 @@ def run(args) -> int:
 
     check_positive_int("--n", args.n)
     check_positive_int("--memory-mib", args.memory_mib)
+    check_positive_int("--part-interactions", args.part_interactions)
+    if is_directory_output(args.output):
+        return run_job(args)
+    if args.part_interactions is not None:
+        raise CliError(f"--part-interactions is for an output directory; --output {args.output} is a file")
+    from aerec.inference import launch_environment
+
+    if launch_environment()[1] > 1:
+        raise CliError(f"--output {args.output} is one file, and this is one of {launch_environment()[1]} processes "
+                       "(torchrun): name a directory (OUT_DIR/) for the processes to write their parts into")
     output = check_output(args.output, args.overwrite, [("--input", args.input)])
     if not Path(args.model).is_dir():
         raise CliError(f"--model {args.model} is not a directory; expected one written by aerec train")
@@ -78,6 +104,73 @@ def run(args) -> int:
     return 0
 
 
+def is_directory_output(output: str) -> bool:
+    """``--output`` names a directory: ends with a slash, exists as one, or has no file extension."""
+    path = Path(output)
+    return output.endswith(("/", os.sep)) or path.is_dir() or path.suffix == ""
+
+
+def run_job(args) -> int:
+    """The sharded, resumable job of :mod:`aerec.inference` into the directory ``--output``."""
+    import json
+
+    import aerec.model_files as model_files
+    from aerec.data.chunks import open_table
+    from aerec.data.datasets import DATASETS, verify_file
+    from aerec.data.readers import movielens_ratings_path
+    from aerec.inference import IncompleteJobError, RecommendJob, launch_environment
+
+    rank, world, local_rank = launch_environment()
+    if not Path(args.model).is_dir():
+        raise CliError(f"--model {args.model} is not a directory; expected one written by aerec train")
+    reading = Reading.from_args(args)
+    if reading.min_user_count or reading.min_item_count:
+        raise CliError("--min-user-count and --min-item-count prepare training data; recommend scores every "
+                       "user of --input")
+    if reading.timestamp_col is not None:
+        raise CliError("--timestamp-col: recommend reads no timestamps")
+    source = args.input
+    if args.input in DATASETS:
+        source = movielens_ratings_path(args.input, None)
+    if reading.verify and Path(source).is_file():
+        verify_file(Path(source))
+    device = args.device
+    if world > 1:
+        import torch
+
+        if torch.cuda.is_available() and device in (None, "auto", "cuda"):
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    model = model_files.load(args.model, device=device)
+    if args.n > model.n_items_:
+        raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
+    table = open_table(source, user=reading.user_col, item=reading.item_col,
+                       rating=False if reading.rating_col == "none" else reading.rating_col, sep=reading.sep)
+    metadata = json.loads((Path(args.model) / "config.json").read_text()).get("metadata", {})
+    from aerec.inference import DEFAULT_PART_INTERACTIONS, DEFAULT_WAIT_SECONDS
+
+    wait = os.environ.get("AEREC_JOB_WAIT")
+    try:
+        wait_seconds = DEFAULT_WAIT_SECONDS if wait is None else float(wait)
+    except ValueError:
+        raise CliError(f"AEREC_JOB_WAIT={wait!r}; expected seconds (a number)") from None
+    job = RecommendJob(model=model, model_dir=Path(args.model), table=table, out=Path(args.output), n=args.n,
+                       filter_seen=not args.include_seen, binarize=reading.binarize,
+                       recorded_threshold=metadata.get("history_threshold"), duplicates=reading.duplicates,
+                       memory_budget=None if args.memory_mib is None else args.memory_mib * 2**20,
+                       part_interactions=args.part_interactions or DEFAULT_PART_INTERACTIONS, rank=rank,
+                       world=world, wait_seconds=wait_seconds, overwrite=args.overwrite, progress=progress)
+    try:
+        manifest = job.run()
+    except IncompleteJobError as exc:
+        print(f"aerec recommend: error: {exc}", file=sys.stderr)
+        return 1
+    if manifest is not None:
+        progress(f"wrote {manifest['rows']} recommendations for {manifest['users']} users in "
+                 f"{len(manifest['parts'])} part(s) to {args.output} ({manifest['unknown_interactions']} "
+                 "interaction(s) with items the model does not know were ignored)")
+    return 0
+
+
 def load_histories(args, model_dir: str):
     """``--input`` read with the reading flags, its ratings prepared as the model's training data was
     (``--binarize``; by default the threshold recorded at training, ratings > 3.5 kept as 1 for the
@@ -90,12 +183,9 @@ def load_histories(args, model_dir: str):
         raise CliError("--min-user-count and --min-item-count prepare training data; recommend scores every "
                        "user of --input")
     histories = load_dataset(args.input, None, "--input", reading=Reading(**{**vars(reading), "binarize": None}))
-    recorded = metadata.get("history_threshold")
-    if isinstance(reading.binarize, float):
-        threshold, why = reading.binarize, "--binarize"
-    elif reading.binarize is None and recorded is not None and not (histories.matrix.data == 1.0).all():
-        threshold, why = float(recorded), "as the model's training data"  # histories of ratings, as training's
-    else:
+    threshold, why = history_threshold(reading.binarize, metadata.get("history_threshold"),
+                                       bool((histories.matrix.data == 1.0).all()))
+    if threshold is None:
         return histories  # --binarize none, a model trained on the values, or histories without ratings
     from aerec.data import binarize
 

@@ -188,21 +188,41 @@ def read_interactions(path, user: str | None = None, item: str | None = None, ra
         header = file_header(path)
         frame = None
     else:
-        first = _first_line(path)
+        sep, names = text_layout(path, sep)
         check_text_size(path)
-        sep = sep if sep is not None else next((s for s in _SEPARATORS if s in first), ",")
-        fields = [field.strip() for field in first.split(sep)]
-        if fields and all(_is_number(field) for field in fields):  # no header: user, item[, rating[, timestamp]]
-            if len(fields) < 2:
-                raise ValueError(f"{path}: its first line {first!r} has {len(fields)} field(s) with separator "
-                                 f"{sep!r}; expected at least user and item (name the separator: sep=, --sep)")
-            names = ["user", "item", "rating", "timestamp", *(f"column_{i}" for i in range(4, len(fields)))]
+        if names is not None:  # no header: user, item[, rating[, timestamp]]
             frame = _read_text(path, sep, header=None)
             frame.columns = names[:frame.shape[1]]
         else:
             frame = _read_text(path, sep, header=0)
         header = list(frame.columns)
-    roles = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    chosen = choose_columns(path, header, {"user": user, "item": item, "rating": rating, "timestamp": timestamp})
+    if frame is None:
+        columns = [name for name in chosen.values() if name is not None]
+        check_parquet_size(path, columns)
+        frame = pd.read_parquet(path, columns=columns)
+    return Interactions.from_pandas(frame, chosen["user"], chosen["item"], chosen["rating"], chosen["timestamp"],
+                                    duplicates)
+
+
+def text_layout(path: Path, sep: str | None) -> tuple[str, list | None]:
+    """``(separator, names)`` of a text file of interactions: the separator given or sniffed from the first line
+    (``::``, tab, ``;``, ``|``, else ``,``), and the column names of a file without a header (every field of its
+    first line a number: user, item[, rating[, timestamp]]), None when the first line is a header."""
+    first = _first_line(path)
+    sep = sep if sep is not None else next((s for s in _SEPARATORS if s in first), ",")
+    fields = [field.strip() for field in first.split(sep)]
+    if not (fields and all(_is_number(field) for field in fields)):
+        return sep, None
+    if len(fields) < 2:
+        raise ValueError(f"{path}: its first line {first!r} has {len(fields)} field(s) with separator "
+                         f"{sep!r}; expected at least user and item (name the separator: sep=, --sep)")
+    return sep, ["user", "item", "rating", "timestamp", *(f"column_{i}" for i in range(4, len(fields)))][:len(fields)]
+
+
+def choose_columns(path, header: list, roles: dict) -> dict:
+    """The column of each role (``user``, ``item``, ``rating``, ``timestamp``) in ``header``: the name given, none
+    for ``False``, else the first header entry matching the role's :data:`COLUMN_NAMES` (case-insensitively)."""
     chosen = {}
     for role, given in roles.items():
         if given is False:
@@ -214,16 +234,11 @@ def read_interactions(path, user: str | None = None, item: str | None = None, ra
         else:
             lowered = {str(name).lower(): name for name in reversed(header)}
             chosen[role] = next((lowered[name] for name in COLUMN_NAMES[role] if name in lowered), None)
-    missing = [role for role in ("user", "item") if chosen[role] is None]
+    missing = [role for role in ("user", "item") if chosen.get(role, "") is None]
     if missing:
         raise ValueError(f"{path}: no {' or '.join(missing)} column among {header}; name them (user=, item=; on "
                          f"the command line --user-col, --item-col)")
-    if frame is None:
-        columns = [name for name in chosen.values() if name is not None]
-        check_parquet_size(path, columns)
-        frame = pd.read_parquet(path, columns=columns)
-    return Interactions.from_pandas(frame, chosen["user"], chosen["item"], chosen["rating"], chosen["timestamp"],
-                                    duplicates)
+    return chosen
 
 
 def _first_line(path: Path) -> str:
