@@ -150,7 +150,8 @@ def iter_chunks(table: Table, rows: int = CHUNK_ROWS):
     for file in table.files:
         for batch in (_parquet_batches(table, file, rows) if table.format == "parquet" else
                       _text_batches(table, file, rows)):
-            yield _arrays(table, batch, file)
+            for start in range(0, batch.num_rows, rows):  # a text block is sized in bytes: cut to rows
+                yield _arrays(table, batch.slice(start, rows), file)
 
 
 def _parquet_batches(table: Table, file: Path, rows: int):
