@@ -55,8 +55,9 @@ FORMAT_VERSION = 1
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
 SPILL_DIR = ".spill"
-#: Interactions per part by default: one part's histories, as a CSR and its id maps, take about 50 MB.
-DEFAULT_PART_INTERACTIONS = 2_000_000
+#: Interactions per part by default: a part's histories (a CSR and id maps) take about 15 MB, and a killed job loses
+#: at most one part's work per rank.
+DEFAULT_PART_INTERACTIONS = 500_000
 #: Seconds rank 0 waits for the other ranks' parts by default (``AEREC_JOB_WAIT`` sets it).
 DEFAULT_WAIT_SECONDS = 24 * 3600.0
 
@@ -245,6 +246,7 @@ class RecommendJob:
                 for k in missing:
                     self.score_part(job, k, stats)
             shutil.rmtree(self.spill_dir(), ignore_errors=True)
+        self.progress(f"rank {self.rank}/{self.world}: parts done; peak memory {peak_memory_mib():,.0f} MiB")
         if self.rank != 0:
             return None
         return self.write_manifest(job)
@@ -399,6 +401,23 @@ class RecommendJob:
         except OSError:
             pass
         return manifest
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far, in MiB: Linux's ``VmHWM`` (this program's own, unlike
+    ``ru_maxrss``, which keeps the peak of the process it was forked from across ``exec``), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def job_key(job: dict) -> str:

@@ -63,7 +63,7 @@ def register(commands) -> None:
                                          "torchrun each process takes the GPU LOCAL_RANK")
     parser.add_argument("--part-interactions", type=int, default=None,
                         help="with an output directory: about this many input interactions per part (default "
-                             "2,000,000); smaller parts lose less work to a kill and hold less memory")
+                             "500,000); smaller parts lose less work to a kill and hold less memory")
     add_reading_arguments(parser, "--input", histories=True)
     parser.set_defaults(run=run)
 
@@ -143,6 +143,9 @@ def run_job(args) -> int:
     model = model_files.load(args.model, device=device)
     if args.n > model.n_items_:
         raise CliError(f"--n {args.n}; expected at most the {model.n_items_} items of the model's catalogue")
+    from aerec.inference import peak_memory_mib
+
+    progress(f"rank {rank}/{world}: model loaded, peak memory {peak_memory_mib():,.0f} MiB")
     table = open_table(source, user=reading.user_col, item=reading.item_col,
                        rating=False if reading.rating_col == "none" else reading.rating_col, sep=reading.sep)
     metadata = json.loads((Path(args.model) / "config.json").read_text()).get("metadata", {})
