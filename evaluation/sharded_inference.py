@@ -10,9 +10,10 @@ command as a user would type it, every process at one thread:
 - ``torchrun --standalone --nproc-per-node 2 -m aerec recommend ... --output two/``
 
 timed from the launch to the exit (reading, loading the model, scoring and writing included). Users/s is
-users / that time. Peak memory per process is the ``ru_maxrss`` each rank reports; the yardstick "one batch
-of scores plus the model" is the rank's peak once the model is loaded (Python, torch and the model) plus
-the batch budget (8 MiB of scores on the CPU, the default). The two outputs are compared (the union of the
+users / that time. Peak memory per process is the peak resident memory (``VmHWM``) each rank reports; the
+yardstick "one batch of scores plus the model" is the model's files plus the batch budget (8 MiB of scores
+on the CPU, the default) plus what a process holds before it reads anything (Python, torch, pyarrow and
+aerec imported: ``baseline`` below, measured in a fresh process). The two outputs are compared (the union of the
 parts equal, bit for bit). The kill/resume run is the one-process command killed with SIGKILL once half of
 its parts are written, then the same command again; its total is both runs' time.
 
@@ -193,7 +194,7 @@ def markdown(record: dict) -> str:
         for name, entry in case["models"].items():
             one, two = entry["runs"][1], entry["runs"][2]
             model_mib = entry["model_bytes"] / 2**20
-            yardstick = max(one["loaded_mib"]) + BATCH_MIB
+            yardstick = record["baseline_mib"] + model_mib + BATCH_MIB
             implicit = entry.get("implicit_seconds")
             rows.append([case["case"], name, f"{model_mib:,.0f}", f"{one['seconds']:.1f}", f"{two['seconds']:.1f}",
                          f"{case['users'] / one['seconds']:,.0f}", f"{case['users'] / two['seconds']:,.0f}",
@@ -209,7 +210,7 @@ def markdown(record: dict) -> str:
                                     f"{r['resumed']:.1f}", f"{r['ratio']:.3f}", "yes" if r["same_output"] else "NO"])
     table = markdown_table(["case", "model", "model MiB", "1 process s", "2 processes s", "users/s (1)",
                             "users/s (2)", "2 / 1", "peak MiB (1)", "peak MiB per process (2)",
-                            "peak / (loaded + batch)", "same output", "implicit users/s (stored / recalculated)"],
+                            "peak / (baseline + model + batch)", "same output", "implicit users/s (stored / recalculated)"],
                            rows)
     resume = markdown_table(["case", "model", "parts", "uninterrupted s", "killed after s", "resume s",
                              "total / uninterrupted", "same output"], resume_rows)
@@ -227,8 +228,10 @@ Command (from the repository root, total {record['runtime_seconds']:.0f} s):
 
 {cases}
 
+Baseline process memory (imports only): {record['baseline_mib']:,.0f} MiB.
+
 Targets: 2 processes >= 1.7x one process's users/s; peak memory per process within 1.5x of one batch of scores
-plus the model (here: the rank's peak once the model is loaded, plus the {BATCH_MIB} MiB batch); a resumed job's
+plus the model (here: baseline + model files + the {BATCH_MIB} MiB batch); a resumed job's
 total at most 1.15x an uninterrupted run, output identical.
 
 {table}
@@ -244,11 +247,21 @@ def main() -> None:
     parser.add_argument("--part-interactions", type=int, default=None, help="default: aerec's")
     parser.add_argument("--resume-model", default="mult_vae")
     parser.add_argument("--msd-models", nargs="+", default=["mult_vae", "ease"])
+    parser.add_argument("--stem", default="sharded_inference", help="results file name (default: %(default)s)")
     add_run_args(parser)
     args = parser.parse_args()
     log, record = start_run(args.threads)
+    record["baseline_mib"] = baseline_mib()
+    log(f"a process with the imports alone: {record['baseline_mib']:.0f} MiB")
     record["cases"] = [run_case(case, args, log) for case in (args.case or ["ml-20m"])]
-    print(finish_run(args.out, "sharded_inference", record, markdown, log))
+    print(finish_run(args.out, args.stem, record, markdown, log))
+
+
+def baseline_mib() -> float:
+    code = ("import torch, pyarrow.parquet, aerec.cli, aerec.inference, aerec.models; "
+            "from aerec.inference import peak_memory_mib; print(peak_memory_mib())")
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip())
 
 
 if __name__ == "__main__":

@@ -130,3 +130,59 @@ def check_dense_memory(model: str, n_items: int, precision: str) -> None:
             f"matrices in {precision}; {available / 2**30:.1f} GiB is available. {advice}filter rare items first "
             "(filter_min_counts)"
         )
+
+
+#: Rows x longest row gathered at a time by :func:`ridge_output_units`.
+FOLD_IN_BUDGET = 8192
+
+
+def ridge_output_units(codes: torch.Tensor, rows: sp.csr_matrix, penalty: float) -> torch.Tensor:
+    """One output unit per row, fitted to the row's stored values by ridge regression on the items' codes.
+
+    For row ``u`` with values ``r_i`` at items ``i``: ``min_{w, c} sum_i (r_i - w . z_i - c)^2 + penalty ||w||^2``
+    (the bias ``c`` unpenalised), ``z_i = codes[i]``; solved exactly in float64. This is how an item-based
+    autoencoder (I-AutoRec, I-CFN), whose outputs are the training users, scores a user it has no unit for.
+
+    Returns
+    -------
+    Tensor of float64, (n_rows, k + 1): the weights, then the bias; zeros for a row without values.
+    """
+    device, k = codes.device, codes.shape[1]
+    n_items = codes.shape[0]
+    with_bias = torch.cat([codes.double(), torch.ones((n_items, 1), dtype=torch.float64, device=device)], 1)
+    padded = torch.cat([with_bias, torch.zeros((1, k + 1), dtype=torch.float64, device=device)])  # index n_items: padding
+    diagonal = torch.full((k + 1,), float(penalty), dtype=torch.float64, device=device)
+    diagonal[-1] = 0.0  # the bias is not regularised
+    units = torch.zeros((rows.shape[0], k + 1), dtype=torch.float64, device=device)
+    counts = np.diff(rows.indptr)
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < 64 and (stop - start + 1) * counts[order[stop]] <= FOLD_IN_BUDGET:
+            stop += 1
+        chunk = order[start:stop]
+        longest = counts[chunk].max()
+        block = rows[chunk]
+        lengths = np.diff(block.indptr)
+        which = np.repeat(np.arange(len(chunk)), lengths)
+        position = np.arange(block.nnz) - np.repeat(block.indptr[:-1], lengths)
+        index = torch.full((len(chunk), longest), n_items, dtype=torch.long, device=device)
+        target = torch.zeros((len(chunk), longest), dtype=torch.float64, device=device)
+        where = (torch.from_numpy(which).to(device), torch.from_numpy(position).to(device))
+        index[where] = torch.from_numpy(block.indices.astype(np.int64)).to(device)
+        target[where] = torch.from_numpy(block.data.astype(np.float64)).to(device)
+        gathered = padded[index]  # (rows, longest, k + 1)
+        gram = gathered.transpose(1, 2) @ gathered + torch.diag(diagonal)
+        # gram is symmetric positive definite (penalty > 0, at least one value). Cholesky, not linalg.solve:
+        # torch's batched LU solve with MKL fails on 2+ threads here ("DLASWP parameter 6", torch 2.13 CPU).
+        right = gathered.transpose(1, 2) @ target[..., None]
+        factor, failed = torch.linalg.cholesky_ex(gram)
+        solved = torch.cholesky_solve(right, factor)
+        if bool(failed.any()):  # a penalty so small (1e-300) that a short row's gram is singular in float64:
+            bad = failed.nonzero()[:, 0]  # its minimum-norm solution (the limit as penalty -> 0) by pseudo-inverse
+            solved[bad] = torch.linalg.pinv(gram[bad], hermitian=True) @ right[bad]
+        units[torch.from_numpy(chunk).to(device)] = solved[..., 0]
+        start = stop
+    return units

@@ -11,6 +11,7 @@ from aerec.models.base import NotFittedError, Recommender
 from aerec.models.bias import BiasBaseline
 from aerec.models.bpr import BPR
 from aerec.models.cdae import CDAE
+from aerec.models.cfn import CFN
 from aerec.models.ease import EASE
 from aerec.models.edlae import DLAE, EDLAE
 from aerec.models.mult_vae import MultDAE, MultVAE
@@ -31,6 +32,7 @@ MODELS: dict[str, type[Recommender]] = {
     "recvae": RecVAE,
     "cdae": CDAE,
     "autorec": AutoRec,
+    "cfn": CFN,
     "autoencoder": Autoencoder,
 }
 
@@ -48,4 +50,4 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "DLAE", "EASE", "EDLAE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]
+__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "CFN", "DLAE", "EASE", "EDLAE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]

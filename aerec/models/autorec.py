@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from aerec._torch import csr_to_sparse_tensor
+from aerec.core.closed_form import ridge_output_units
 from aerec.core.layers import SparseInputLinear, weight_matrices
 from aerec.core.losses import masked_squared_error, reduce_rows
 from aerec.core.penalties import l2_weight_decay
@@ -58,7 +59,6 @@ _WEIGHT_STD, _BIAS_STD = 0.01, 0.001
 _RPROP_STEP_SIZES = (1e-6, 1.0)
 _RPROP_FAST_GROWTH, _RPROP_GROWTH, _RPROP_SHRINK, _RPROP_FAST_UNTIL = 5.0, 1.2, 0.5, 6
 _ROWS_PER_BATCH = 2048  # rows encoded at a time when predicting / scoring (never the whole matrix)
-_FOLD_IN_BUDGET = 8192  # rows x longest row gathered at a time by the I-AutoRec fold-in
 
 
 class AutoRecNet(nn.Module):
@@ -585,44 +585,7 @@ class AutoRec(TorchRecommender):
 
     def _item_model_units(self, rows: sp.csr_matrix) -> torch.Tensor:
         """I-AutoRec's fold-in: each row's output unit (weights on the item codes, then the bias), (n_rows, k + 1)."""
-        device, k = self.device_, int(self.hidden)
-        codes = torch.cat([self.item_codes_.double(), torch.ones((self.n_items_, 1), dtype=torch.float64, device=device)], 1)
-        padded = torch.cat([codes, torch.zeros((1, k + 1), dtype=torch.float64, device=device)])  # index n_items: padding
-        penalty = torch.full((k + 1,), float(self.l2) / 2, dtype=torch.float64, device=device)
-        penalty[-1] = 0.0  # the bias is not regularised
-        units = torch.zeros((rows.shape[0], k + 1), dtype=torch.float64, device=device)
-        counts = np.diff(rows.indptr)
-        order = np.argsort(counts, kind="stable")
-        order = order[counts[order] > 0]
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and stop - start < 64 and (stop - start + 1) * counts[order[stop]] <= _FOLD_IN_BUDGET:
-                stop += 1
-            chunk = order[start:stop]
-            longest = counts[chunk].max()
-            block = rows[chunk]
-            lengths = np.diff(block.indptr)
-            which = np.repeat(np.arange(len(chunk)), lengths)
-            position = np.arange(block.nnz) - np.repeat(block.indptr[:-1], lengths)
-            index = torch.full((len(chunk), longest), self.n_items_, dtype=torch.long, device=device)
-            target = torch.zeros((len(chunk), longest), dtype=torch.float64, device=device)
-            where = (torch.from_numpy(which).to(device), torch.from_numpy(position).to(device))
-            index[where] = torch.from_numpy(block.indices.astype(np.int64)).to(device)
-            target[where] = torch.from_numpy(block.data.astype(np.float64)).to(device)
-            gathered = padded[index]  # (rows, longest, k + 1)
-            gram = gathered.transpose(1, 2) @ gathered + torch.diag(penalty)
-            # gram is symmetric positive definite (l2 > 0, at least one rating). Cholesky, not linalg.solve:
-            # torch's batched LU solve with MKL fails on 2+ threads here ("DLASWP parameter 6", torch 2.13 CPU).
-            right = gathered.transpose(1, 2) @ target[..., None]
-            factor, failed = torch.linalg.cholesky_ex(gram)
-            solved = torch.cholesky_solve(right, factor)
-            if bool(failed.any()):  # an l2 so small (1e-300) that a short row's gram is singular in float64:
-                bad = failed.nonzero()[:, 0]  # its minimum-norm solution (the limit as l2 -> 0) by pseudo-inverse
-                solved[bad] = torch.linalg.pinv(gram[bad], hermitian=True) @ right[bad]
-            units[torch.from_numpy(chunk).to(device)] = solved[..., 0]
-            start = stop
-        return units
+        return ridge_output_units(self.item_codes_, rows, float(self.l2) / 2)
 
 
 #: The star scale the reference's settings were made for; other scales are mapped onto it (``rescale``).
