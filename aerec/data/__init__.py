@@ -8,6 +8,7 @@ from aerec.data.readers import load_item_titles, load_movielens, read_csv, read_
 from aerec.data.splits import (
     HoldoutSplit,
     StrongSplit,
+    cold_start_split,
     per_user_holdout,
     random_holdout,
     strong_generalization,
@@ -16,7 +17,7 @@ from aerec.data.splits import (
 
 __all__ = [
     "DATASETS", "ChecksumError", "HoldoutSplit", "Interactions", "StrongSplit", "UnknownIdsWarning",
-    "align_to_catalogue", "binarize", "filter_min_counts",
+    "align_to_catalogue", "binarize", "cold_start_split", "filter_min_counts",
     "find_dataset_dir", "load_item_titles", "load_movielens", "per_user_holdout", "random_holdout", "read_csv",
     "read_parquet", "strong_generalization", "temporal_holdout", "verify_file",
 ]

@@ -85,6 +85,37 @@ def random_holdout(interactions: Interactions, test_fraction: float = 0.1, valid
     return _holdout(interactions, test_mask, validation_mask if n_validation else None)
 
 
+def cold_start_split(interactions: Interactions, by: str = "item", test_fraction: float = 0.1,
+                     validation_fraction: float = 0.0, seed: int = 0) -> HoldoutSplit:
+    """Hold out *every* rating of a seeded share of the items (``by="item"``) or users (``"user"``).
+
+    ``test`` holds all the ratings of ``round(test_fraction * n)`` of the ``n`` items (users) that have any;
+    ``validation`` (``validation_fraction`` > 0) those of another, disjoint share, for choices made on
+    cold entities that are not the test ones. The parts keep the whole matrix's shape, so a cold item's
+    column is empty in ``train``: a model sees its id (and its side features) but none of its ratings.
+    """
+    if by not in ("item", "user"):
+        raise ValueError(f"by={by!r}; expected 'item' or 'user'")
+    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("validation_fraction", validation_fraction, allow_zero=True)
+    if test_fraction + validation_fraction >= 1:
+        raise ValueError(f"test_fraction={test_fraction!r} and validation_fraction={validation_fraction!r} hold out "
+                         f"every {by}; expected their sum below 1, so that some {by}s keep their ratings for training")
+    coo = interactions.matrix.tocoo()
+    owner = coo.col if by == "item" else coo.row
+    present = np.unique(owner)
+    rng = np.random.RandomState(check_seed(seed))
+    order = present[rng.permutation(len(present))]
+    n_test = max(1, int(round(test_fraction * len(present))))
+    n_validation = int(round(validation_fraction * len(present)))
+    if n_test + n_validation >= len(present):
+        raise ValueError(f"the split holds out all {len(present)} {by}s with ratings; lower the fractions or use "
+                         "more data")
+    test_mask = np.isin(owner, order[:n_test])
+    validation_mask = np.isin(owner, order[n_test:n_test + n_validation]) if n_validation else None
+    return _holdout(interactions, test_mask, validation_mask)
+
+
 def per_user_holdout(interactions: Interactions, test_fraction: float | None = 0.2, test_count: int | None = None,
                      by: str = "random", validation_fraction: float = 0.0, seed: int = 0) -> HoldoutSplit:
     """Hold out part of every user's interactions.

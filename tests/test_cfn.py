@@ -1,0 +1,125 @@
+"""CFN: the emphasized denoising loss, side information, cold items, saving, bad input; the cold-start split."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import aerec
+from aerec.data import cold_start_split
+from aerec.data.batching import RowBatch
+from aerec.data.features import features_from_pandas
+from aerec.data.interactions import Interactions
+from aerec.models import CFN
+from aerec.training_state import TrainingState
+
+SMALL = {"hidden": 24, "epochs": 40, "batch_size": 16, "device": "cpu", "lr": 0.1, "lr_decay": 0.05}
+
+
+def genre_ratings(n_users=150, n_items=80, seed=0):
+    """Ratings driven by each item's genre (and a user bias): what side features can predict for a cold item."""
+    rng = np.random.default_rng(seed)
+    genre = rng.integers(0, 4, n_items)
+    taste = rng.normal(0, 1.2, (n_users, 4))
+    rows = []
+    for u in range(n_users):
+        for i in rng.choice(n_items, size=min(25, n_items // 2), replace=False):
+            rows.append((u, i, float(np.clip(np.round(3 + taste[u, genre[i]] + rng.normal(0, 0.3)), 1, 5))))
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
+    features = features_from_pandas(pd.DataFrame({"item": np.arange(n_items), "genre": [f"g{g}" for g in genre]}),
+                                    id="item")
+    return Interactions.from_pandas(frame, "user", "item", "rating"), features
+
+
+def rmse(model, part):
+    coo = part.matrix.tocoo()
+    return float(np.sqrt(np.mean((model.predict(coo.row, coo.col) - coo.data) ** 2)))
+
+
+def test_cold_items_are_predicted_from_their_side_features():
+    data, features = genre_ratings()
+    split = cold_start_split(data, by="item", test_fraction=0.2, seed=1)
+    cold = np.unique(split.test.matrix.tocoo().col)
+    assert split.train.matrix[:, cold].nnz == 0 and len(cold) == 16  # every rating of the cold items held out
+    with_side = CFN(**SMALL).fit(split.train, item_features=features)
+    without = CFN(**SMALL, side_information=False).fit(split.train, item_features=features)
+    global_mean = float(split.train.matrix.data.mean())
+    baseline = float(np.sqrt(np.mean((split.test.matrix.data - global_mean) ** 2)))
+    assert rmse(with_side, split.test) < 0.95 * min(rmse(without, split.test), baseline)
+    assert without.side_ is None and with_side.side_names_ == ["genre=g0", "genre=g1", "genre=g2", "genre=g3"]
+
+
+def test_the_loss_weighs_hidden_and_kept_ratings_by_alpha_and_beta():
+    data, _ = genre_ratings(n_users=30, n_items=20)
+    model = CFN(hidden=8, epochs=1, batch_size=8, device="cpu", alpha=2.0, beta=0.5, hide=0.0).fit(data)
+    rows = model.input_rows_[:5]
+    batch = RowBatch(np.arange(5), rows, torch.device("cpu"))
+    state = TrainingState(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss = model.batch_loss(model.module_, batch, state)["loss"]
+        pred = model.module_.observed(batch.pattern, batch.parts.val, None, batch.pattern)
+    expected = 0.5 * ((pred - batch.parts.val) ** 2).sum() / 5  # nothing hidden: beta on every rating, mean over rows
+    torch.testing.assert_close(loss, expected)
+    model.set_params(hide=0.999999, alpha=2.0)  # every row would lose all its ratings: they keep them all (beta)
+    with torch.no_grad():
+        torch.testing.assert_close(model.batch_loss(model.module_, batch, state)["loss"], expected)
+
+
+def test_reference_settings_schedule_and_defaults():
+    data, _ = genre_ratings(n_users=30, n_items=20)
+    model = CFN(hidden=8, epochs=3, batch_size=8, device="cpu").fit(data)
+    assert model.setting("alpha") == pytest.approx(0.91210902705444) and CFN().setting("hidden") == (770,)
+    assert CFN(kind="user").setting("hidden") == (700,) and model.setting("hidden") == 8
+    lr, decay = model.setting("lr"), model.setting("lr_decay")
+    assert model.learning_rate() == pytest.approx(lr / (1 + decay))  # epoch 1's rate
+    optimizer = model._loop.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["weight_decay"] == model.setting("l2")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr / (1 + 4 * decay))  # set for the 4th epoch
+
+
+def test_a_stacked_network_pretrains_layer_by_layer():
+    data, _ = genre_ratings(n_users=40, n_items=30)
+    model = CFN(hidden=(16, 8), epochs=5, batch_size=8, device="cpu", pretrain=True, pretrain_epochs=2).fit(data)
+    names = [sorted(k for k in epoch if k.endswith("_loss")) for epoch in model.history_.epochs]
+    assert names[0] == ["layer1_loss"] and names[2] == ["layer2_loss"] and names[4] == ["stack_loss"]
+    assert np.isfinite(model.predict(np.arange(5), np.arange(5))).all()
+
+
+def test_saved_with_its_side_features(tmp_path):
+    data, features = genre_ratings(n_users=40, n_items=30)
+    model = CFN(**{**SMALL, "epochs": 2}).fit(data, item_features=features)
+    aerec.save(model, tmp_path / "cfn")
+    back = aerec.load(tmp_path / "cfn")
+    users, items = np.arange(30), np.arange(30)[::-1]
+    np.testing.assert_array_equal(back.predict(users, items), model.predict(users, items))
+    assert back.side_names_ == model.side_names_ and back.side_spec_ == model.side_spec_
+
+
+def test_bad_side_features_are_refused_by_name():
+    data, features = genre_ratings(n_users=30, n_items=20)
+    with pytest.raises(ValueError, match=r"item_features has 5 rows; expected one per training item \(20\)"):
+        CFN(**SMALL).fit(data, item_features=np.ones((5, 2)))
+    with pytest.raises(ValueError, match="item_features holds NaN"):
+        CFN(**SMALL).fit(data, item_features=np.full((20, 2), np.nan))
+    with pytest.raises(TypeError, match="SideFeatures are lined up by id"):
+        CFN(**SMALL).fit(data.matrix, item_features=features)
+    with pytest.raises(ValueError, match="hide"):
+        CFN(hide=1.0).fit(data)
+
+
+def test_cold_start_split_bad_input():
+    data, _ = genre_ratings(n_users=30, n_items=20)
+    with pytest.raises(ValueError, match="by='movie'"):
+        cold_start_split(data, by="movie")
+    with pytest.raises(ValueError, match="expected their sum below 1"):
+        cold_start_split(data, test_fraction=0.5, validation_fraction=0.5)
+    split = cold_start_split(data, by="user", test_fraction=0.1, validation_fraction=0.1, seed=3)
+    test_users = set(split.test.matrix.tocoo().row)
+    validation_users = set(split.validation.matrix.tocoo().row)
+    assert len(test_users) == len(validation_users) == 3 and not test_users & validation_users
+    assert split.train.matrix[sorted(test_users)].nnz == 0
+    assert split.train.nnz + split.test.nnz + split.validation.nnz == data.nnz
+    again = cold_start_split(data, by="user", test_fraction=0.1, validation_fraction=0.1, seed=3)
+    assert (again.test.matrix != split.test.matrix).nnz == 0
+    assert sp.issparse(split.train.matrix)
