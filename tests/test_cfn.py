@@ -1,5 +1,7 @@
 """CFN: the emphasized denoising loss, side information, cold items, saving, bad input; the cold-start split."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,3 +125,39 @@ def test_cold_start_split_bad_input():
     again = cold_start_split(data, by="user", test_fraction=0.1, validation_fraction=0.1, seed=3)
     assert (again.test.matrix != split.test.matrix).nnz == 0
     assert sp.issparse(split.train.matrix)
+
+
+# -- the command line and the benchmark runner -------------------------------------------------------------
+
+def test_cli_trains_cfn_with_item_features_on_the_item_cold_protocol(tmp_path, capsys, data_dir):
+    from aerec.cli import main
+
+    code = main(["train", "--model", "cfn", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--protocol",
+                 "item-cold", "--item-features", "ml-100k", "--param", "epochs=2", "--param", "hidden=16",
+                 "--param", "progress=false", "--out", str(tmp_path / "cfn"), "--quiet"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    model = aerec.load(tmp_path / "cfn")
+    assert model.side_ is not None and "genres=Comedy" in model.side_names_
+    code = main(["evaluate", "--model", str(tmp_path / "cfn"), "--data-dir", str(data_dir), "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert code == 0 and report["protocol"] == "item-cold" and report["metrics"]["rmse"] < 1.3
+    code = main(["evaluate", "--model", "ease", "--dataset", "ml-100k", "--data-dir", str(data_dir),
+                 "--item-features", "ml-100k", "--quiet"])
+    assert code == 2 and "EASE takes no item side features; the models that do: cfn" in capsys.readouterr().err
+    code = main(["evaluate", "--model", "cfn", "--dataset", "ml-100k", "--data-dir", str(data_dir), "--protocol",
+                 "ratings", "--item-features", str(tmp_path / "nothing.csv"), "--quiet"])
+    assert code == 2 and "--item-features" in capsys.readouterr().err
+
+
+def test_benchmark_runs_the_item_cold_protocol_with_the_datasets_features(tmp_path, data_dir):
+    from aerec.benchmark.runner import run_benchmark
+
+    spec = {"name": "cold", "seeds": [1], "metrics": ["rmse"], "baseline": "bias",
+            "protocol": {"name": "item_cold"}, "tuning": {"trials": 1, "metric": "rmse"},
+            "datasets": [{"name": "ml-100k", "item_features": True}],
+            "models": {"bias": {}, "cfn": {"fixed": {"epochs": 2, "hidden": 16, "device": "cpu"}, "space": {}}}}
+    cells = run_benchmark(spec, tmp_path / "store.sqlite")
+    cfn, bias = cells[("ml-100k", 1, "cfn")], cells[("ml-100k", 1, "bias")]
+    assert 0.5 < cfn["test"]["rmse"] < 1.5 and 0.5 < bias["test"]["rmse"] < 1.5

@@ -23,12 +23,13 @@ as it is, as ``aerec train`` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from aerec.benchmark.spec import BenchmarkSpec, SpecError
-from aerec.data import per_user_holdout, random_holdout, strong_generalization, temporal_holdout
+from aerec.data import cold_start_split, per_user_holdout, random_holdout, strong_generalization, temporal_holdout
 from aerec.data.datasets import STRONG_N_HELDOUT
 from aerec.evaluation import evaluate_ranking
 
@@ -47,6 +48,7 @@ class CellData:
     validation: object  # what ``fit(validation=...)`` takes: (fold_in, heldout) Interactions, or ratings
     test: tuple  # (fold_in, heldout) matrices for a ranking protocol; (test ratings,) for "ratings"
     test_user_ids: object = None  # the raw id of each row of the test matrices (None: not known)
+    fit_kwargs: dict = field(default_factory=dict)  # side features for the models that take them (fit's keywords)
 
 
 def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
@@ -61,10 +63,15 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
             params["threshold"] = None
         split = strong_generalization(data, int(n_heldout), seed=int(seed), **params)
         return CellData(split, split.train, (split.validation_fold_in, split.validation_heldout),
-                        (split.test_fold_in.matrix, split.test_heldout.matrix), split.test_fold_in.user_ids)
+                        (split.test_fold_in.matrix, split.test_heldout.matrix), split.test_fold_in.user_ids,
+                        side_features(dataset))
+    features = side_features(dataset)
     if name == "ratings":
         split = random_holdout(data, seed=int(seed), **params)
-        return CellData(split, split.train, split.validation, (split.test.matrix,), split.test.user_ids)
+        return CellData(split, split.train, split.validation, (split.test.matrix,), split.test.user_ids, features)
+    if name in ("item_cold", "user_cold"):
+        split = cold_start_split(data, by=name.partition("_")[0], seed=int(seed), **params)
+        return CellData(split, split.train, split.validation, (split.test.matrix,), split.test.user_ids, features)
     if name == "per_user":
         split = per_user_holdout(data, seed=int(seed), **params)
     else:
@@ -74,7 +81,28 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
         split = temporal_holdout(data, **params)
     known = (split.train.matrix + split.validation.matrix).tocsr()
     return CellData(split, split.train, (split.train, split.validation), (known, split.test.matrix),
-                    split.test.user_ids)
+                    split.test.user_ids, features)
+
+
+def side_features(dataset) -> dict:
+    """The dataset entry's side features (``item_features`` / ``user_features``), read, as ``fit`` takes them."""
+    from aerec.data.features import features_from_pandas, load_item_features, load_user_features
+
+    features = {}
+    for key, loader in (("item_features", load_item_features), ("user_features", load_user_features)):
+        source = getattr(dataset, key, None)
+        if source is None:
+            continue
+        path = Path(source)
+        if path.is_file():
+            import pandas as pd
+
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=None,
+                                                                                     engine="python")
+            features[key] = features_from_pandas(frame, id=frame.columns[0])
+        else:
+            features[key] = loader(source)
+    return features
 
 
 def validation_value(model, cell: CellData, metric: str) -> float:

@@ -47,7 +47,7 @@ from aerec.data import (
     read_parquet,
 )
 from aerec.data.readers import file_header, optional_columns
-from aerec.models import make_model
+from aerec.models import make_model, side_feature_arguments
 from aerec.search_space import Choice, trial_params
 
 __all__ = ["read_environments", "read_store", "run_benchmark", "spec_fingerprint"]
@@ -350,7 +350,9 @@ def cell_fingerprint(spec: BenchmarkSpec, dataset, model) -> str:
     """What a cell's result depends on besides its seed: the dataset, protocol, metrics, tuning and model entries."""
     import hashlib
 
-    record = {"dataset": dataset, "protocol": spec.protocol, "metrics": spec.metrics,
+    entry = {key: value for key, value in dataclasses.asdict(dataset).items()
+             if not (key in ("item_features", "user_features") and value is None)}  # stores made before them match
+    record = {"dataset": entry, "protocol": spec.protocol, "metrics": spec.metrics,
               "tuning": tuning_record(spec.tuning), "model": model}
     text = json.dumps({key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
                        for key, value in record.items()}, sort_keys=True, default=repr)
@@ -477,7 +479,8 @@ def tune(study, tuning, model_spec, cell, seed: int, name: str):
             callbacks = ()
             if tuning.pruning and tuning.metric in ("ndcg@100", "rmse") and hasattr(model, "batch_loss"):
                 callbacks = (pruning_callback(trial),)
-            model.fit(cell.train, validation=cell.validation, callbacks=callbacks)
+            model.fit(cell.train, validation=cell.validation, callbacks=callbacks,
+                      **side_feature_arguments(model, strict=False, **cell.fit_kwargs))
         except optuna.TrialPruned:
             raise
         except Exception as error:  # kept with the trial: Optuna only logs why a trial failed
@@ -517,7 +520,7 @@ def tune(study, tuning, model_spec, cell, seed: int, name: str):
     start = time.perf_counter()
     if model is None:  # the best trial ran before a restart: fit its parameters again
         model = build_model(model_spec, trial_params(model_spec.space, best.params), seed)
-        model.fit(cell.train, validation=cell.validation)
+        model.fit(cell.train, validation=cell.validation, **side_feature_arguments(model, strict=False, **cell.fit_kwargs))
     return best, model, time.perf_counter() - start
 
 

@@ -57,10 +57,15 @@ PROTOCOLS = {
     "per_user": {"test_fraction": 0.2, "validation_fraction": 0.1, "by": "random"},
     "temporal": {"test_fraction": 0.2, "validation_fraction": 0.1},
     "ratings": {"test_fraction": 0.1, "validation_fraction": 0.1},
+    "item_cold": {"test_fraction": 0.1, "validation_fraction": 0.1},
+    "user_cold": {"test_fraction": 0.1, "validation_fraction": 0.1},
 }
+#: The protocols that hold out ratings (RMSE, MAE); the others rank items.
+RATING_PROTOCOLS = ("ratings", "item_cold", "user_cold")
 SAMPLERS = ("tpe", "random", "grid")
 TOP_KEYS = ("name", "seeds", "metrics", "baseline", "protocol", "tuning", "datasets", "models")
-DATASET_KEYS = ("name", "path", "user", "item", "rating", "timestamp", "binarize", "min_user", "min_item")
+DATASET_KEYS = ("name", "path", "user", "item", "rating", "timestamp", "binarize", "min_user", "min_item",
+                "item_features", "user_features")
 MODEL_KEYS = ("model", "fixed", "space")
 TUNING_KEYS = ("sampler", "trials", "seconds", "metric", "pruning", "startup_trials")
 
@@ -77,6 +82,8 @@ class DatasetSpec:
     binarize: float | None = None
     min_user: int = 0
     min_item: int = 0
+    item_features: str | None = None  # a MovieLens name or folder, or a file whose first column is the id
+    user_features: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ class BenchmarkSpec:
 
     @property
     def ranking(self) -> bool:
-        return self.protocol.name != "ratings"
+        return self.protocol.name not in RATING_PROTOCOLS
 
 
 def load_spec(spec) -> BenchmarkSpec:
@@ -150,7 +157,7 @@ def parse_spec(table: dict, source: str) -> BenchmarkSpec:
         if key not in table:
             raise SpecError(f"{at('top level')}: no {key!r}; expected at least one")
     protocol = _protocol(table.get("protocol", {"name": "strong"}), at("[protocol]"))
-    ranking = protocol.name != "ratings"
+    ranking = protocol.name not in RATING_PROTOCOLS
     metrics = tuple(_metric(m, ranking, at("metrics")) for m in _list(table.get("metrics", _default_metrics(ranking)),
                                                                          at("metrics")))
     if len(set(metrics)) != len(metrics):
@@ -304,8 +311,22 @@ def _dataset(table, where: str) -> DatasetSpec:
         _value("binarize", binarize, where, Interval(float))
     for key in ("min_user", "min_item"):
         _value(key, table.get(key, 0), where, Interval(int, 0, None))
+    features = {}
+    for key in ("item_features", "user_features"):
+        value = table.get(key)
+        if value is True:  # the dataset's own MovieLens files
+            if path is not None and not Path(path).is_dir():
+                features[key] = str(Path(path).parent)
+            else:
+                features[key] = path or name
+        elif isinstance(value, str) and value:
+            features[key] = value
+        elif value is not None and value is not False:
+            raise SpecError(f"{where}: {key}={value!r}; expected true (the dataset's MovieLens files), a dataset "
+                            "name, a folder or a file whose first column is the id")
     return DatasetSpec(name=str(name if name is not None else Path(path).stem), path=path, columns=columns,
-                       binarize=binarize, min_user=table.get("min_user", 0), min_item=table.get("min_item", 0))
+                       binarize=binarize, min_user=table.get("min_user", 0), min_item=table.get("min_item", 0),
+                       **features)
 
 
 def _model(label: str, table, ranking: bool, where: str) -> ModelSpec:

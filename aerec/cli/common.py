@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from aerec.data import (
     DATASETS,
     Interactions,
+    cold_start_split,
     load_movielens,
     per_user_holdout,
     random_holdout,
@@ -25,7 +27,9 @@ from aerec.data import (
 from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
 from aerec.state import process_alive
 
-PROTOCOLS = ("strong", "per-user", "ratings")
+PROTOCOLS = ("strong", "per-user", "ratings", "item-cold", "user-cold")
+#: The protocols that hold out ratings (RMSE of a rating model); the others rank items.
+RATING_PROTOCOLS = ("ratings", "item-cold", "user-cold")
 DEFAULT_SEED = 98765
 
 
@@ -68,7 +72,17 @@ def add_dataset_arguments(parser, defaults_from_model: bool = False) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None if defaults_from_model else "strong",
                         help="strong: ratings > 3.5 kept (data without ratings kept as it is), held-out users with "
                              "80/20 fold-in (Liang et al. 2018); per-user: 20%% of each user's items held out; "
-                             "ratings: random 90/10 split of the ratings (AutoRec)" + recorded)
+                             "ratings: random 90/10 split of the ratings (AutoRec); item-cold / user-cold: every "
+                             "rating of 10%% of the items / users held out for test and of another 10%% for "
+                             "validation (cold start; a model sees their side features only)" + recorded)
+    parser.add_argument("--item-features", metavar="SOURCE",
+                        help="side features of the items, for models that take them (cfn): a MovieLens dataset "
+                             "name or folder (genres, release year; ml-latest-small's tags), or a CSV/Parquet file "
+                             "whose first column is the item id (other columns: categorical, multi-valued with |, "
+                             "or numeric)")
+    parser.add_argument("--user-features", metavar="SOURCE",
+                        help="side features of the users (ML-100K's u.user, ML-1M's users.dat: age, gender, "
+                             "occupation), or a CSV/Parquet file whose first column is the user id")
     parser.add_argument("--seed", type=int, default=None if defaults_from_model else DEFAULT_SEED,
                         help=f"split seed (default {DEFAULT_SEED}, vae_cf's)" + recorded)
     parser.add_argument("--n-heldout", type=int,
@@ -104,11 +118,11 @@ def parse_value(raw: str):
 
 
 def check_protocol(name: str, model, protocol: str) -> None:
-    """A rating model (AutoRec, bias) on the ratings protocol only; a ranking model on the others."""
-    if protocol == "ratings" and not hasattr(model, "predict"):
+    """A rating model (AutoRec, CFN, bias) on the rating protocols only; a ranking model on the others."""
+    if protocol in RATING_PROTOCOLS and not hasattr(model, "predict"):
         raise CliError(f"model {name!r} ranks items but does not predict ratings; "
-                       "protocol 'ratings' needs a rating model (use --protocol strong or per-user)")
-    if protocol != "ratings" and hasattr(model, "predict"):
+                       f"protocol {protocol!r} needs a rating model (use --protocol strong or per-user)")
+    if protocol not in RATING_PROTOCOLS and hasattr(model, "predict"):
         raise CliError(f"model {name!r} is a rating model (it predicts ratings and is validated on held-out "
                        f"ratings); --protocol {protocol} ranks binarized items: use --protocol ratings")
 
@@ -248,6 +262,36 @@ def load_dataset(name_or_path: str, data_dir, flag: str = "--dataset", reading: 
     return data
 
 
+def load_side_features(args, data_dir=None) -> dict:
+    """``--item-features`` / ``--user-features`` read as :class:`~aerec.data.features.SideFeatures`, keyed as
+    ``fit`` takes them (``item_features``, ``user_features``); absent flags are left out."""
+    from aerec.data.datasets import DATASETS as KNOWN
+    from aerec.data.features import features_from_pandas, load_item_features, load_user_features
+
+    features = {}
+    for flag, key, loader in (("--item-features", "item_features", load_item_features),
+                              ("--user-features", "user_features", load_user_features)):
+        source = getattr(args, key, None)
+        if source is None:
+            continue
+        path = Path(source)
+        try:
+            if source in KNOWN or path.is_dir():
+                features[key] = loader(source, data_dir)
+            elif path.is_file():
+                frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, sep=None,
+                                                                                         engine="python")
+                features[key] = features_from_pandas(frame, id=frame.columns[0])
+            else:
+                raise CliError(f"{flag} {source!r} is neither a known dataset ({', '.join(KNOWN)}), a folder, nor "
+                               "a file")
+        except CliError:
+            raise
+        except (ValueError, OSError) as exc:
+            raise CliError(f"{flag} {source}: {exc}") from exc
+    return features
+
+
 def cli_advice(message: str) -> str:
     """The data layer's advice in the command line's words (its keyword arguments are flags here)."""
     return (message.replace("pass duplicates='first', 'last', 'sum', 'mean' or 'max'",
@@ -281,6 +325,10 @@ def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | No
     if protocol == "per-user":
         split = per_user_holdout(data, test_fraction=0.2, seed=seed)
         return Split(protocol, seed, None, split.train, None, (split.train.matrix, split.test.matrix), split.summary())
+    if protocol in ("item-cold", "user-cold"):
+        split = cold_start_split(data, by=protocol.partition("-")[0], test_fraction=0.1, validation_fraction=0.1,
+                                 seed=seed)
+        return Split(protocol, seed, None, split.train, split.validation, (split.test.matrix,), split.summary())
     # 10% of the training ratings pick the iteration of models with epochs (AutoRec's protocol)
     split = random_holdout(data, test_fraction=0.1, validation_fraction=0.1, seed=seed)
     return Split(protocol, seed, None, split.train, split.validation, (split.test.matrix,), split.summary())
@@ -364,7 +412,7 @@ def add_tune_argument(parser) -> None:
                              "`aerec benchmark` does; the best trial's model is the one kept")
 
 
-def tune_on_validation(name: str, params: dict, split: Split, trials: int):
+def tune_on_validation(name: str, params: dict, split: Split, trials: int, features: dict | None = None):
     """``--tune N``: the best of N trials on the split's validation part; returns (its fitted model, a record)."""
     import optuna
 
@@ -383,11 +431,12 @@ def tune_on_validation(name: str, params: dict, split: Split, trials: int):
         raise CliError(f"--tune: {name!r} has nothing left to tune (no default search space, or every searched "
                        "parameter is given with --param)")
     fixed = {**params, "progress": False} if "progress" in MODELS[name].param_names() else dict(params)
-    metric = "rmse" if split.protocol == "ratings" else "ndcg@100"
+    metric = "rmse" if split.protocol in RATING_PROTOCOLS else "ndcg@100"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=5))
-    cell = CellData(split=None, train=split.train, validation=split.validation, test=split.test)
+    cell = CellData(split=None, train=split.train, validation=split.validation, test=split.test,
+                    fit_kwargs=dict(features or {}))
     best, model, _ = tune(study, TuningSpec(trials=trials, metric=metric), ModelSpec(name, name, fixed, space), cell,
                           split.seed, f"--tune {name}")
     trials_run = counted_trials(study)

@@ -10,6 +10,7 @@ import numpy as np
 
 from aerec._version import __version__
 from aerec.cli.common import (
+    RATING_PROTOCOLS,
     CliError,
     Reading,
     Split,
@@ -20,6 +21,7 @@ from aerec.cli.common import (
     check_device_param,
     format_metrics,
     load_dataset,
+    load_side_features,
     make_split,
     parse_params,
     progress,
@@ -27,7 +29,7 @@ from aerec.cli.common import (
     with_progress_bar,
 )
 from aerec.evaluation import evaluate_ranking, mae, rmse
-from aerec.models import MODELS, make_model
+from aerec.models import MODELS, make_model, side_feature_arguments
 
 RANKING_METRICS = ("recall", "ndcg", "precision", "map")
 
@@ -80,14 +82,15 @@ def run(args) -> int:
     split = make_split(data, settings["protocol"], settings["seed"], settings["n_heldout"], settings["dataset"])
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
     report = {"split": split.summary}
+    features = {} if Path(args.model).is_dir() else side_feature_arguments(model, **load_side_features(args, args.data_dir))
     if not Path(args.model).is_dir() and args.tune is not None:
         started = time.perf_counter()
-        model, report["tuning"] = tune_on_validation(name, params, split, args.tune)
+        model, report["tuning"] = tune_on_validation(name, params, split, args.tune, features)
         report["tuning_seconds"] = time.perf_counter() - started
         params = model.get_params()
     elif not Path(args.model).is_dir():
         started = time.perf_counter()
-        model.fit(split.train, validation=split.validation)  # models with epochs keep their best validation epoch
+        model.fit(split.train, validation=split.validation, **features)  # the best validation epoch is kept
         report["fit_seconds"] = time.perf_counter() - started
         progress(f"fitted {model} in {report['fit_seconds']:.2f} s")
     else:
@@ -122,7 +125,7 @@ def check_same_items(model, split: Split, where: str) -> None:
 
 
 def test_metrics(model, split: Split, ks: tuple) -> dict:
-    if split.protocol == "ratings":
+    if split.protocol in RATING_PROTOCOLS:
         coo = split.test[0].tocoo()
         predicted = model.predict(coo.row, coo.col)
         return {"metrics": {"rmse": rmse(coo.data, predicted), "mae": mae(coo.data, predicted)}}

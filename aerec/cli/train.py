@@ -25,13 +25,14 @@ from aerec.cli.common import (
     check_device_param,
     check_positive_int,
     load_dataset,
+    load_side_features,
     make_split,
     parse_params,
     progress,
     tune_on_validation,
     with_progress_bar,
 )
-from aerec.models import MODELS, make_model
+from aerec.models import MODELS, make_model, side_feature_arguments
 
 CHECKPOINT_FOLDER = "checkpoint"
 
@@ -87,6 +88,7 @@ def run(args) -> int:
     progress(f"loaded {data}")
     split = make_split(data, args.protocol, args.seed, args.n_heldout, args.dataset)
     progress(f"split ({split.protocol}, seed {split.seed}): {split.summary}")
+    args.features = side_feature_arguments(model, **load_side_features(args, args.data_dir))
     distributed = init_from_environment(str(params.get("device", "auto")))
     rank, world = rank_and_world()
     with out_lock(out, args, writer=rank == 0):
@@ -123,10 +125,10 @@ def fit_and_save(args, model, params: dict, split, reading, out: Path, distribut
     if args.tune is not None:
         if distributed:
             raise CliError("--tune runs in one process; start it without torchrun")
-        model, tuning = tune_on_validation(args.model, params, split, args.tune)  # the best trial's fitted model
+        model, tuning = tune_on_validation(args.model, params, split, args.tune, args.features)  # the best trial's
     else:
         try:
-            model.fit(split.train, validation=split.validation, checkpoint=checkpoint)
+            model.fit(split.train, validation=split.validation, checkpoint=checkpoint, **args.features)
         except KeyboardInterrupt:
             args.interrupted_hint = resume_hint(out)
             raise
@@ -143,6 +145,7 @@ def fit_and_save(args, model, params: dict, split, reading, out: Path, distribut
 
     metadata = {"dataset": str(args.dataset), "reading": reading.record(), "history_threshold": split.threshold,
                 "protocol": split.protocol, "seed": split.seed,
+                **{key: getattr(args, key) for key in ("item_features", "user_features") if getattr(args, key)},
                 "n_heldout": split.n_heldout, "split": split.summary, "fit_seconds": seconds, "processes": world,
                 **({"tuning": tuning} if tuning is not None else {}),
                 "command": ["aerec", *sys.argv[1:]] if Path(sys.argv[0]).name in ("aerec", "__main__.py") else None}

@@ -50,4 +50,29 @@ def make_model(name: str, **params) -> Recommender:
     return model
 
 
-__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "CFN", "DLAE", "EASE", "EDLAE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model"]
+#: The keyword arguments of ``fit`` that carry side features, and what each describes.
+SIDE_FEATURE_ARGUMENTS = {"item_features": "item", "user_features": "user"}
+
+
+def side_feature_arguments(model, strict: bool = True, **features) -> dict:
+    """``features`` (``item_features=``, ``user_features=``; None entries dropped) as ``model.fit`` takes them; a
+    ValueError naming the model when it takes one of those given not (``strict=False``: left out, as a benchmark
+    whose data set carries features does for its models without side information)."""
+    import inspect
+
+    given = {name: value for name, value in features.items() if value is not None}
+    if not given:
+        return {}
+    accepted = set(inspect.signature(model.fit).parameters)
+    refused = sorted(name for name in given if name not in accepted)
+    if refused and not strict:
+        return {name: value for name, value in given.items() if name in accepted}
+    if refused:
+        takers = sorted(name for name, cls in MODELS.items()
+                        if set(SIDE_FEATURE_ARGUMENTS) & set(inspect.signature(cls.fit).parameters))
+        raise ValueError(f"{type(model).__name__} takes no {' or '.join(SIDE_FEATURE_ARGUMENTS[n] for n in refused)} "
+                         f"side features; the models that do: {', '.join(takers)}")
+    return given
+
+
+__all__ = ["ALS", "AutoRec", "Autoencoder", "BPR", "BiasBaseline", "CDAE", "CFN", "DLAE", "EASE", "EDLAE", "MODELS", "MultDAE", "MultVAE", "NotFittedError", "Popularity", "RecVAE", "Recommender", "TorchRecommender", "make_model", "side_feature_arguments"]
