@@ -72,12 +72,19 @@ def ratings_case(dataset: str, seed: int, args, log) -> dict:
     final = random_holdout(data, 0.1, seed=seed)
     test = final.test.matrix.tocoo()
     out = {"dataset": dataset, "seed": seed, "global_mean": rmse(test.data, np.full(test.nnz, final.train.matrix.data.mean()))}
+    return {**out, **score_variants(tuning.train, tuning.validation.matrix, final.train, test, features, seed, args, log,
+                                    f"{dataset} seed {seed}")}
+
+
+def score_variants(train, validation, final_train, test, features, seed: int, args, log, where: str) -> dict:
+    """Each variant tuned on ``validation``, refitted on ``final_train`` for its best epoch count, scored on ``test``."""
+    out = {}
     for label, side in VARIANTS.items():
-        best = fit_tuned(tuning.train, tuning.validation.matrix, features, side, seed, args, log, label)
+        best = fit_tuned(train, validation, features, side, seed, args, log, label)
         model = CFN(epochs=best["epochs"], side_information=side, clip=True, seed=seed, device="cpu",
-                    **best["setting"]).fit(final.train, item_features=features)
+                    **best["setting"]).fit(final_train, item_features=features)
         out[label] = {**best, "test_rmse": rmse(test.data, model.predict(test.row, test.col))}
-        log(f"  {dataset} seed {seed} {label}: test RMSE {out[label]['test_rmse']:.4f}")
+        log(f"  {where} {label}: test RMSE {out[label]['test_rmse']:.4f}")
     return out
 
 
@@ -93,13 +100,8 @@ def cold_case(seed: int, args, log) -> dict:
     out = {"seed": seed, "cold_test_items": int(len(np.unique(test.col))), "test_ratings": int(test.nnz),
            "global mean": rmse(test.data, np.full(test.nnz, mean)),
            "mu + b_u": rmse(test.data, bias.predict(test.row, test.col))}
-    for label, side in VARIANTS.items():
-        best = fit_tuned(split.train, split.validation.matrix, features, side, seed, args, log, label)
-        model = CFN(epochs=best["epochs"], side_information=side, clip=True, seed=seed, device="cpu",
-                    **best["setting"]).fit(split.train, item_features=features)
-        out[label] = {**best, "test_rmse": rmse(test.data, model.predict(test.row, test.col))}
-        log(f"  cold items seed {seed} {label}: test RMSE {out[label]['test_rmse']:.4f}")
-    return out
+    return {**out, **score_variants(split.train, split.validation.matrix, split.train, test, features, seed, args, log,
+                                    f"cold items seed {seed}")}
 
 
 def markdown(record: dict) -> str:
