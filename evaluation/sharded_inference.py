@@ -155,7 +155,7 @@ def run_case(case: str, args, log) -> dict:
     work = args.work / case
     work.mkdir(parents=True, exist_ok=True)
     data, source = prepare(case, work, log)
-    models = ["mult_vae", "ease", "als"] if case == "ml-20m" else args.msd_models
+    models = args.models or (["mult_vae", "ease", "als"] if case == "ml-20m" else args.msd_models)
     saved = fit_models(case, data, work, models, log)
     result = {"case": case, "users": data.n_users, "items": data.n_items, "interactions": data.nnz, "models": {}}
     for name, folder in saved.items():
@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--part-interactions", type=int, default=None, help="default: aerec's")
     parser.add_argument("--resume-model", default="mult_vae")
     parser.add_argument("--msd-models", nargs="+", default=["mult_vae", "ease"])
+    parser.add_argument("--models", nargs="+", help="the models of every case (default: each case's)")
     parser.add_argument("--stem", default="sharded_inference", help="results file name (default: %(default)s)")
     add_run_args(parser)
     args = parser.parse_args()

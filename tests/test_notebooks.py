@@ -15,6 +15,7 @@ NOTEBOOKS = {
     "embeddings.ipynb": ["embeddings_map.png"],
     "autorec_ratings.ipynb": ["autorec_ratings_rmse.png", "autorec_ratings_by_activity.png"],
     "benchmark.ipynb": ["benchmark_metrics.png", "benchmark_validation_curves.png", "benchmark_tuning_history.png"],
+    "side_information.ipynb": ["side_information_by_popularity.png", "side_information_cold_start.png"],
 }
 
 
