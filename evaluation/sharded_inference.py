@@ -156,7 +156,10 @@ def run_case(case: str, args, log) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data, source = prepare(case, work, log)
     models = args.models or (["mult_vae", "ease", "als"] if case == "ml-20m" else args.msd_models)
-    saved = fit_models(case, data, work, models, log)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):  # torch's threads and LAPACK's (start_run set torch's only)
+        saved = fit_models(case, data, work, models, log)
     result = {"case": case, "users": data.n_users, "items": data.n_items, "interactions": data.nnz, "models": {}}
     for name, folder in saved.items():
         log(f"  {name}")

@@ -198,3 +198,24 @@ def test_float32_gram_is_made_in_blocks_and_equals_the_sparse_product(monkeypatc
 def test_float32_is_only_the_full_rank_path():
     with pytest.raises(ValueError, match="precision='float32' with rank=4; expected precision='float64'"):
         EDLAE(rank=4, precision="float32").fit(random_implicit_csr(20, 10))
+
+
+def test_the_in_place_factorisation_of_a_large_catalogue_runs_on_one_blas_thread(train, monkeypatch):
+    """scipy's OpenBLAS crashed (SIGSEGV) in a two-thread spotrf/spotri on 41,140 items: above
+    LAPACK_SINGLE_THREAD_ABOVE items the factorisation runs on one BLAS thread, below it on the pool as set."""
+    import aerec.core.closed_form as closed_form
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    spotrf = closed_form.lapack.spotrf
+
+    def recording(*args, **kwargs):
+        seen.append(max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"))
+        return spotrf(*args, **kwargs)
+
+    monkeypatch.setattr(closed_form.lapack, "spotrf", recording)
+    with threadpool_limits(2, user_api="blas"):
+        EASE(device="cpu", precision="float32", l2=20.0).fit(train)  # 40 items: below the threshold
+        monkeypatch.setattr(closed_form, "LAPACK_SINGLE_THREAD_ABOVE", 10)
+        EASE(device="cpu", precision="float32", l2=20.0).fit(train)
+    assert seen == [2, 1]

@@ -89,12 +89,14 @@ def in_place_weights(gram: np.ndarray, penalty: np.ndarray, emphasized: bool) ->
     """
     n_items = gram.shape[0]
     gram[np.diag_indices(n_items)] += penalty.astype(np.float32)
-    # The transpose of a C-ordered symmetric matrix is the same matrix in Fortran order: LAPACK works on it in place.
-    factor, info = lapack.spotrf(gram.T, lower=1, clean=0, overwrite_a=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"the penalised Gram matrix is not positive definite in float32 (spotrf info "
-                                    f"{info}); raise l2 or use precision='float64'")
-    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    with lapack_threads(n_items):
+        # The transpose of a C-ordered symmetric matrix is the same matrix in Fortran order: LAPACK works on it in
+        # place.
+        factor, info = lapack.spotrf(gram.T, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"the penalised Gram matrix is not positive definite in float32 (spotrf "
+                                        f"info {info}); raise l2 or use precision='float64'")
+        inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
     if info != 0 or not np.shares_memory(inverse, gram):
         raise np.linalg.LinAlgError(f"spotri failed (info {info})")
     # spotri filled the Fortran view's lower triangle, i.e. gram's upper one: mirror it block by block.
@@ -110,6 +112,25 @@ def in_place_weights(gram: np.ndarray, penalty: np.ndarray, emphasized: bool) ->
         gram[start:start + _BLOCK] *= scale  # column j times scale_j
     gram[np.diag_indices(n_items)] = 0.0 if emphasized else gram.diagonal() + 1.0
     return torch.from_numpy(gram)
+
+
+#: Above this many items the in-place factorisation runs on one BLAS thread: scipy's OpenBLAS (0.3.x, pthreads)
+#: crashed with a segmentation fault inside a two-thread ``spotrf``/``spotri`` on 41,140 items (EASE float32, the
+#: MSD-shaped set), the same call on one thread finished (``evaluation/linear_scale.py``), and two threads were fine
+#: on 20,108 items; OpenBLAS issue #352 reports the same class of crash for ``dpotrf`` of order 50,000.
+LAPACK_SINGLE_THREAD_ABOVE = 32_768
+
+
+def lapack_threads(n_items: int):
+    """The BLAS thread limit for factorising an ``n_items`` square matrix in place (see
+    :data:`LAPACK_SINGLE_THREAD_ABOVE`): one thread above it, the pool as it is below."""
+    import contextlib
+
+    if n_items <= LAPACK_SINGLE_THREAD_ABOVE:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
 
 
 def dense_memory_bytes(n_items: int, precision: str) -> int:
