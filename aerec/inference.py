@@ -212,6 +212,15 @@ class RecommendJob:
                 entry.unlink()
         shutil.rmtree(self.out / SPILL_DIR, ignore_errors=True)
 
+    def check_directory(self) -> None:
+        """Refuse an output that is a file, or a directory holding other files and no job of this kind."""
+        if self.out.exists() and not self.out.is_dir():
+            raise JobMismatchError(f"--output {self.out} is a file; expected a directory for the job's parts")
+        if (self.out.is_dir() and not (self.out / JOB_FILE).exists()
+                and any(not entry.name.startswith(".") for entry in self.out.iterdir())):
+            raise JobMismatchError(f"--output {self.out} is a directory holding other files and no {JOB_FILE}; "
+                                   "expected a new or empty directory, or one of an earlier run of this job")
+
     # -- the parts ---------------------------------------------------------------------------------------
     def part_path(self, rank: int, k: int) -> Path:
         return self.out / f"part-{rank}-{k}.parquet"
@@ -234,6 +243,7 @@ class RecommendJob:
         from aerec.state import directory_lock
 
         identity = self.identity()
+        self.check_directory()  # before the lock file: a refused directory is left as it was
         with directory_lock(self.out, name=f".rank-{self.rank}.lock"):
             job = self.plan(identity)
             per_rank = job["parts_per_rank"]

@@ -468,28 +468,75 @@ class CFN(TorchRecommender):
             parts.append(module.last_code(module.encode(batch.pattern, batch.parts.val, side), side))
         return torch.cat(parts) if parts else torch.zeros((0, 1))
 
+    # -- representations -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def item_embeddings(self) -> np.ndarray:
+        """One vector per item, float32: I-CFN's code of the item's training ratings (and side features), the last
+        encoder layer's units; U-CFN's column of the first layer's weights (what the item's rating adds)."""
+        self.check_fitted()
+        if self.kind == "user":
+            weight = self.module_.encoders[0].weight[:, :self.module_.n_inputs].T
+            return weight.detach().float().cpu().contiguous().numpy()
+        rows = np.arange(self.input_rows_.shape[0])
+        parts = []
+        for start in range(0, len(rows), _ROWS_PER_BATCH):
+            chunk = rows[start:start + _ROWS_PER_BATCH]
+            batch = RowBatch(chunk, self.input_rows_[chunk], self.device_)
+            parts.append(self.module_.encode(batch.pattern, batch.parts.val, self.side_rows(chunk)))
+        return torch.cat(parts).float().cpu().numpy()
+
+    @torch.no_grad()
+    def user_embeddings(self, user_items) -> np.ndarray:
+        """One vector per row (folded in), float32: U-CFN's code of the row (no side features: zeros); I-CFN's
+        fitted output unit, the ridge weights on the items' last codes (zeros for an empty row)."""
+        rows = _canonical(self.check_user_items(user_items))
+        scaled, means = self._scaled_rows(rows)
+        if self.kind == "item":
+            units = ridge_output_units(self.last_codes_.to(self.device_), scaled, float(self.setting("l2")))
+            return units[:, :-1].float().cpu().numpy()
+        centred = scaled.copy()
+        centred.data = (scaled.data - np.repeat(means, np.diff(scaled.indptr))).astype(np.float32)
+        codes = []
+        for start in range(0, rows.shape[0], _ROWS_PER_BATCH):
+            batch = RowBatch(np.arange(start, min(start + _ROWS_PER_BATCH, rows.shape[0])),
+                             centred[start:start + _ROWS_PER_BATCH], self.device_)
+            codes.append(self.module_.encode(batch.pattern, batch.parts.val, self._blank_side(len(batch))))
+        width = self.module_.widths[-1]
+        return (torch.cat(codes) if codes else torch.zeros((0, width))).float().cpu().numpy()
+
+    def _scaled_rows(self, rows: sp.csr_matrix):
+        """Rows of ratings mapped onto [-1, 1], and each row's mean there (the training rows' mean for an empty row)."""
+        scaled = rows.copy()
+        scaled.data = ((rows.data.astype(np.float64) - self.scale_[0]) / self.scale_[1]).astype(np.float32)
+        counts = np.diff(scaled.indptr)
+        means = np.full(rows.shape[0], float(self.row_means_.mean()) if len(self.row_means_) else 0.0,
+                        dtype=np.float32)
+        if scaled.nnz:
+            sums = np.add.reduceat(scaled.data.astype(np.float64), scaled.indptr[:-1])
+            means[counts > 0] = (sums[counts > 0] / counts[counts > 0]).astype(np.float32)
+        return scaled, means
+
+    def _blank_side(self, n_rows: int) -> torch.Tensor | None:
+        """Side features of rows given at scoring time (none are known: zeros), or None without side information."""
+        if self.side_ is None or self.side_.shape[1] == 0:
+            return None
+        return torch.zeros((n_rows, self.side_.shape[1]), device=self.device_)
+
     # -- ranking -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def score_tensor(self, user_items) -> torch.Tensor:
         """Predicted ratings of every item for the given users' rows (n_rows, n_items); see the module text."""
         rows = _canonical(self.check_user_items(user_items))
-        scaled = rows.copy()
-        scaled.data = ((rows.data.astype(np.float64) - self.scale_[0]) / self.scale_[1]).astype(np.float32)
+        scaled, means = self._scaled_rows(rows)
         if self.kind == "user":
             counts = np.diff(scaled.indptr)
-            global_mean = float(self.row_means_.mean()) if len(self.row_means_) else 0.0
-            sums = np.add.reduceat(scaled.data.astype(np.float64), scaled.indptr[:-1]) if scaled.nnz else None
-            means = np.full(rows.shape[0], global_mean, dtype=np.float32)
-            if sums is not None:
-                means[counts > 0] = (sums[counts > 0] / counts[counts > 0]).astype(np.float32)
             centred = scaled.copy()
             centred.data = (scaled.data - np.repeat(means, counts)).astype(np.float32)
             out = []
             for start in range(0, rows.shape[0], _ROWS_PER_BATCH):
                 batch = RowBatch(np.arange(start, min(start + _ROWS_PER_BATCH, rows.shape[0])),
                                  centred[start:start + _ROWS_PER_BATCH], self.device_)
-                dense = self.module_(batch.pattern, batch.parts.val, None if self.side_ is None else torch.zeros(
-                    (len(batch), self._side_tensor.shape[1]), device=self.device_))
+                dense = self.module_(batch.pattern, batch.parts.val, self._blank_side(len(batch)))
                 out.append(self.scale_[1] * (dense + torch.from_numpy(means[batch.index]).to(self.device_)[:, None])
                            + self.scale_[0])
             return torch.cat(out).float() if out else torch.zeros((0, self.n_items_), device=self.device_)
