@@ -151,7 +151,7 @@ def implicit_times(model_dir: Path, data: Interactions, log) -> dict:
     return times
 
 
-def run_case(case: str, args, log) -> dict:
+def run_case(case: str, args, log, done=lambda result: None) -> dict:
     work = args.work / case
     work.mkdir(parents=True, exist_ok=True)
     data, source = prepare(case, work, log)
@@ -188,6 +188,7 @@ def run_case(case: str, args, log) -> dict:
             log(f"    resume total / uninterrupted = {entry['resume']['ratio']:.3f}")
         result["models"][name] = entry
         shutil.rmtree(work / f"{name}-2", ignore_errors=True)
+        done(result)  # the results file holds every model measured so far
     return result
 
 
@@ -257,8 +258,16 @@ def main() -> None:
     log, record = start_run(args.threads)
     record["baseline_mib"] = baseline_mib()
     log(f"a process with the imports alone: {record['baseline_mib']:.0f} MiB")
-    record["cases"] = [run_case(case, args, log) for case in (args.case or ["ml-20m"])]
-    print(finish_run(args.out, args.stem, record, markdown, log))
+    record["cases"] = []
+    for case in args.case or ["ml-20m"]:
+        record["cases"].append({"case": case, "models": {}})
+
+        def done(result, index=len(record["cases"]) - 1):
+            record["cases"][index] = result
+            finish_run(args.out, args.stem, record, markdown, log)
+
+        done(run_case(case, args, log, done))
+    print(markdown(record))
 
 
 def baseline_mib() -> float:
