@@ -240,10 +240,38 @@ class RecommendJob:
 
     def run(self) -> dict | None:
         """Do this rank's missing parts; rank 0 then waits for the others and writes the manifest (returned)."""
-        from aerec.state import directory_lock
-
         identity = self.identity()
         self.check_directory()  # before the lock file: a refused directory is left as it was
+        created = not self.out.exists()
+        had_plan = (self.out / JOB_FILE).exists()
+        try:
+            job = self.run_parts(identity)
+        except BaseException:
+            self.remove_traces(created, had_plan)
+            raise
+        if self.rank != 0:
+            return None
+        return self.write_manifest(job)
+
+    def remove_traces(self, created: bool, had_plan: bool) -> None:
+        """After a failure before any part was written: remove the plan, spill and lock this run made (and the
+        directory, if it made it), so that a refused job (an empty input, unreadable rows) leaves nothing behind."""
+        if not self.out.is_dir() or any(self.out.glob("part-*")):
+            return
+        if not had_plan:
+            (self.out / JOB_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.out / SPILL_DIR, ignore_errors=True)
+        if created:
+            (self.out / f".rank-{self.rank}.lock").unlink(missing_ok=True)
+            try:
+                self.out.rmdir()
+            except OSError:  # another rank's files: theirs to remove
+                pass
+
+    def run_parts(self, identity: dict) -> dict:
+        """This rank's missing parts, under its lock; returns the job's plan."""
+        from aerec.state import directory_lock
+
         with directory_lock(self.out, name=f".rank-{self.rank}.lock"):
             job = self.plan(identity)
             per_rank = job["parts_per_rank"]
@@ -257,9 +285,7 @@ class RecommendJob:
                     self.score_part(job, k, stats)
             shutil.rmtree(self.spill_dir(), ignore_errors=True)
         self.progress(f"rank {self.rank}/{self.world}: parts done; peak memory {peak_memory_mib():,.0f} MiB")
-        if self.rank != 0:
-            return None
-        return self.write_manifest(job)
+        return job
 
     # -- reading the input once, into this rank's buckets -------------------------------------------------
     def spill_dir(self) -> Path:

@@ -242,3 +242,14 @@ def test_a_directory_of_mixed_formats_is_refused_by_name(tmp_path, models, capsy
     code, _, err = run(capsys, "recommend", "--model", saved["ease"], "--input", tmp_path / "odd", "--output",
                        tmp_path / "job2/")
     assert code == 2 and "holds no Parquet or CSV files (found ['.json'])" in err
+
+
+def test_a_refused_job_leaves_nothing_behind(models, tmp_path, capsys):
+    """An input without rows is refused only once the pass over it finds none: the plan, spill and lock it had
+    made are removed again (the CLI fuzzing found them left behind)."""
+    saved, _, _ = models
+    (tmp_path / "header_only.csv").write_text("user,item\n")
+    code, _, err = run(capsys, "recommend", "--model", saved["ease"], "--input", tmp_path / "header_only.csv",
+                       "--output", tmp_path / "out")
+    assert code == 2 and "holds no interactions" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["header_only.csv"]
