@@ -98,8 +98,9 @@ def history_threshold(binarize, recorded, all_ones: bool) -> tuple[float | None,
 
 
 def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    from aerec.state import sha256_of_file
+
+    return sha256_of_file(path)
 
 
 def write_atomically(path: Path, write) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from aerec.data.readers import choose_columns, file_header, movielens_ratings_path, text_layout
+from aerec.state import sha256_of_file
 
 __all__ = ["Table", "canonical_ids", "id_hash", "iter_chunks", "open_table"]
 
@@ -69,8 +70,7 @@ class Table:
         for file in self.files:
             name = file.name if file == self.path else os.path.relpath(file, self.path)
             digest.update(f"{name}\0{os.path.getsize(file)}\0".encode())
-            with open(file, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(bytes.fromhex(sha256_of_file(file)))
         return digest.hexdigest()
 
 
