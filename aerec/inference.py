@@ -164,7 +164,8 @@ class RecommendJob:
                             "columns": self.table.columns}}
 
     def plan(self, identity: dict) -> dict:
-        """This job's ``job.json``: the existing one when it is the same job (ranks included), else a new one."""
+        """This job's ``job.json``: the existing one when it is the same job (ranks included), else a new one
+        (a directory of other files was refused before, by :meth:`check_directory`)."""
         existing_path = self.out / JOB_FILE
         existing = read_json(existing_path)
         if existing is None and existing_path.exists():
@@ -189,9 +190,6 @@ class RecommendJob:
                     "or name another --output")
             else:
                 return existing
-        elif self.out.is_dir() and any(not entry.name.startswith(".") for entry in self.out.iterdir()):
-            raise JobMismatchError(f"--output {self.out} is a directory holding other files and no {JOB_FILE}; "
-                                   "expected a new or empty directory, or one of an earlier run of this job")
         rows = self.table.estimated_rows()
         per_rank = max(1, math.ceil(rows / self.part_interactions / self.world))
         job = {"format": FORMAT, "format_version": FORMAT_VERSION, **identity, "world": self.world,
