@@ -109,17 +109,44 @@ class Interactions:
 
         user_ids, rows = _unique_ids(users, user)
         item_ids, cols = _unique_ids(items, item)
-        positions = np.arange(len(df), dtype=np.int64)
-        rows, cols, values, times, positions = _resolve_duplicates(rows, cols, values, times, positions, duplicates,
-                                                                   user_ids, item_ids)
-        if duplicates == "sum":
-            _check_values(values, "a sum of duplicated ratings")
-        matrix = _canonical_csr(rows, cols, values, (len(user_ids), len(item_ids)))
-        order = np.lexsort((cols, rows))
-        positions = positions[order]
-        in_matrix_order = bool(np.all(positions[1:] > positions[:-1]))
-        return cls(matrix, user_ids, item_ids, None if times is None else times[order],
-                   None if in_matrix_order else positions)
+        return cls.from_codes(user_ids, rows, item_ids, cols, values, times, duplicates, rating)
+
+    @classmethod
+    def from_codes(cls, user_ids: np.ndarray, rows: np.ndarray, item_ids: np.ndarray, cols: np.ndarray,
+                   values: np.ndarray, times: np.ndarray | None = None, duplicates: str = "error",
+                   rating: str | None = "rating") -> "Interactions":
+        """Build from each interaction's row and column code (indices into the sorted distinct ``user_ids`` and
+        ``item_ids``), in source order, with float64 ratings (checked here) and int64 times: what
+        :meth:`from_pandas` builds after reading its columns, and what the chunked reader
+        (:func:`aerec.data.chunks.read_table`) builds without a frame. ``rating`` names the ratings' column in
+        messages (None: implicit data, every value 1.0)."""
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates={duplicates!r}; expected one of {DUPLICATE_POLICIES}")
+        if len(rows) == 0:
+            raise ValueError("the interactions frame is empty (0 rows); expected at least one interaction")
+        if rating is not None:
+            _check_values(values, f"rating column {rating!r}")
+        shape = (len(user_ids), len(item_ids))
+        # one stable sort of the (row, column) keys gives the matrix's order, the duplicated pairs (neighbours in
+        # it) and each entry's source row (the sort's permutation), where np.unique and two lexsorts took 3x
+        # the time (evaluation/reading_memory.py)
+        key = np.array(rows, dtype=np.int64)  # built in place: at 10 million rows each temporary is 80 MB
+        key *= shape[1]
+        key += cols
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        repeated = key[1:] == key[:-1]
+        if repeated.any():
+            key, order, values, times = _resolve_duplicates(key, order, values, times, repeated, duplicates,
+                                                            user_ids, item_ids)
+            if duplicates == "sum":
+                _check_values(values, "a sum of duplicated ratings")
+        else:
+            values = values[order]
+            times = None if times is None else times[order]
+        matrix = _csr_from_sorted_keys(key, values, shape)
+        in_matrix_order = bool(np.all(order[1:] > order[:-1]))
+        return cls(matrix, user_ids, item_ids, times, None if in_matrix_order else order)
 
     @classmethod
     def from_csr(cls, matrix, user_ids=None, item_ids=None, timestamps=None) -> "Interactions":
@@ -256,9 +283,10 @@ def _column(df: pd.DataFrame, name) -> pd.Series:
 MAX_ID_CHARS = 4096
 
 
-def _ids(column: pd.Series, name: str) -> np.ndarray:
+def _ids(column: pd.Series, name: str, offset: int = 0) -> np.ndarray:
+    """The ids of ``column`` (a block of rows starting at row ``offset``, for the messages), checked."""
     if column.isna().any():
-        bad = int(column.isna().to_numpy().nonzero()[0][0])
+        bad = offset + int(column.isna().to_numpy().nonzero()[0][0])
         raise ValueError(f"column {name!r} has a missing id at row {bad}; expected an id on every row")
     values = column.to_numpy()
     if values.dtype == object:
@@ -268,7 +296,7 @@ def _ids(column: pd.Series, name: str) -> np.ndarray:
         lengths = pd.Series(values).str.len() if kinds == {str} else pd.Series([0])
         if lengths.max() > MAX_ID_CHARS:  # one 50 MB id took a 50 MB CSV past 2 GB (fixed-width copies of the ids)
             row = int(lengths.to_numpy().argmax())
-            raise ValueError(f"column {name!r} has an id of {int(lengths.iloc[row]):,} characters at row {row}; "
+            raise ValueError(f"column {name!r} has an id of {int(lengths.iloc[row]):,} characters at row {offset + row}; "
                              f"expected ids of at most {MAX_ID_CHARS:,} (a wrong separator or an unclosed quote "
                              "makes one field of a whole file)")
     return values
@@ -292,9 +320,7 @@ def _is_real_number_dtype(column: pd.Series) -> bool:
 def _ratings(column: pd.Series, name: str) -> np.ndarray:
     if not _is_real_number_dtype(column):
         raise ValueError(f"rating column {name!r} has dtype {column.dtype}; expected numbers (not bool or complex)")
-    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    _check_values(values, f"rating column {name!r}")
-    return values
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)  # checked by from_codes
 
 
 def _check_values(values: np.ndarray, what: str) -> None:
@@ -317,7 +343,7 @@ def _check_values(values: np.ndarray, what: str) -> None:
                          f"type) cannot hold; expected ratings from {_FLOAT32_TINY:g} to {_FLOAT32_MAX:g}")
 
 
-def _timestamps(column: pd.Series, name: str) -> np.ndarray:
+def _timestamps(column: pd.Series, name: str, offset: int = 0) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(column):
         if column.isna().any():
             raise ValueError(f"timestamp column {name!r} has missing values; expected a time on every row")
@@ -330,58 +356,55 @@ def _timestamps(column: pd.Series, name: str) -> np.ndarray:
         # integers as they are: through float64 those above 2**53 (nanoseconds) would be rounded
         values = column.to_numpy(dtype=np.uint64 if column.dtype.kind == "u" else np.int64)
         if values.dtype.kind == "u":
-            _check_int64_range(values > _INT64.max, column, name)
+            _check_int64_range(values > _INT64.max, column, name, offset)
         return values.astype(np.int64)
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     if not np.isfinite(values).all():
         raise ValueError(f"timestamp column {name!r} has NaN or inf; expected finite times")
-    _check_int64_range((values < _INT64.min) | (values >= 2.0**63), column, name)
+    _check_int64_range((values < _INT64.min) | (values >= 2.0**63), column, name, offset)
     return values.astype(np.int64)
 
 
-def _check_int64_range(outside: np.ndarray, column: pd.Series, name: str) -> None:
+def _check_int64_range(outside: np.ndarray, column: pd.Series, name: str, offset: int = 0) -> None:
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
-        raise ValueError(f"timestamp column {name!r} has the value {_plain(column.iloc[bad])!r} at row {bad}; "
+        raise ValueError(f"timestamp column {name!r} has the value {_plain(column.iloc[bad])!r} at row {offset + bad}; "
                          f"expected times within int64 ({_INT64.min} to {_INT64.max})")
 
 
-def _resolve_duplicates(rows, cols, values, times, positions, policy, user_ids, item_ids):
-    """Rows, columns, values, times and source positions with each (user, item) pair once, as ``policy`` says."""
-    key = rows.astype(np.int64) * len(item_ids) + cols
-    unique_keys, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-    if len(unique_keys) == len(key):
-        return rows, cols, values, times, positions
+def _resolve_duplicates(key, order, values, times, repeated, policy, user_ids, item_ids):
+    """``(key, order, values, times)`` with each (user, item) pair once, as ``policy`` says: ``key`` is the sorted
+    keys (row x items + column), ``order`` the source row of each (a stable sort: a pair's rows in source order),
+    ``values`` and ``times`` in source order; ``repeated[k]``: key k + 1 equals key k. The source row kept is the
+    pair's first ("last": its last); "sum", "mean", "max" combine the ratings and keep the latest time."""
+    starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
+    counts = np.diff(np.append(starts, len(key)))
     if policy == "error":
         dup = int(np.flatnonzero(counts > 1)[0])
-        u, i = divmod(int(unique_keys[dup]), len(item_ids))
+        u, i = divmod(int(key[starts[dup]]), len(item_ids))
         raise ValueError(
             f"{int((counts > 1).sum())} duplicated (user, item) pairs, e.g. user {_plain(user_ids[u])!r}, item {_plain(item_ids[i])!r} "
             f"appears {int(counts[dup])} times; pass duplicates='first', 'last', 'sum', 'mean' or 'max'"
         )
     if policy in ("first", "last"):
-        keep = first if policy == "first" else _last_index(key, unique_keys)
-        return rows[keep], cols[keep], values[keep], None if times is None else times[keep], positions[keep]
-    combined = {
-        "sum": np.bincount(inverse, weights=values),
-        "mean": np.bincount(inverse, weights=values) / counts,
-        "max": _group_max(inverse, values, len(unique_keys)),
-    }[policy]
-    new_times = None if times is None else _group_max(inverse, times, len(unique_keys))
-    return rows[first], cols[first], combined, new_times, positions[first]
+        kept = order[starts if policy == "first" else starts + counts - 1]
+        return key[starts], kept, values[kept], None if times is None else times[kept]
+    grouped = values[order]
+    combined = {"sum": lambda: np.add.reduceat(grouped, starts),
+                "mean": lambda: np.add.reduceat(grouped, starts) / counts,
+                "max": lambda: np.maximum.reduceat(grouped, starts)}[policy]()
+    new_times = None if times is None else np.maximum.reduceat(times[order], starts)
+    return key[starts], order[starts], combined, new_times
 
 
-def _last_index(key, unique_keys):
-    reversed_first = np.unique(key[::-1], return_index=True)[1]
-    return len(key) - 1 - reversed_first
-
-
-def _group_max(inverse, values, n_groups):
-    """Each group's largest value, in the values' own dtype (int64 times stay exact, not rounded through float64)."""
-    lowest = np.iinfo(values.dtype).min if values.dtype.kind in "iu" else -np.inf
-    out = np.full(n_groups, lowest, dtype=values.dtype)
-    np.maximum.at(out, inverse, values)
-    return out
+def _csr_from_sorted_keys(key, values, shape) -> sp.csr_matrix:
+    """CSR of the distinct sorted keys (row x columns + column; overwritten) with their values, in that order."""
+    indptr = np.searchsorted(key, np.arange(shape[0] + 1, dtype=np.int64) * shape[1])
+    index_dtype = np.int32 if max(shape[1], len(key)) < 2**31 else np.int64
+    cols = np.remainder(key, shape[1], out=key).astype(index_dtype)
+    matrix = sp.csr_matrix((np.asarray(values, dtype=np.float32), cols, indptr.astype(index_dtype)), shape=shape)
+    matrix.has_sorted_indices = True
+    return matrix
 
 
 def _canonical_csr(rows, cols, values, shape) -> sp.csr_matrix:
