@@ -95,18 +95,18 @@ def write_files(work: Path, log) -> None:
                  movieId="item-" + frame.movieId.astype(str).str.zfill(5)).to_csv(work / "text_ids.csv", index=False)
 
 
-def measure(path: Path, how: str) -> dict:
+def measure(path: Path, how: str, checkout: Path | None = None) -> dict:
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), how], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), "blocks" if how == "before" else how],
+                         capture_output=True, text=True, env=env, cwd=checkout or Path(__file__).resolve().parents[1])
     if out.returncode:
         raise RuntimeError(f"{how} read of {path} failed:\n{out.stderr[-3000:]}")
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "process_seconds": time.perf_counter() - started}
 
 
 def markdown(record: dict) -> str:
-    rows = []
+    rows, before_rows = [], []
     for name, result in record["files"].items():
         blocks, whole = result["blocks"], result["whole"]
         rows.append([name, f"{blocks['increase_mib']:,.0f}", f"{whole['increase_mib']:,.0f}",
@@ -114,6 +114,18 @@ def markdown(record: dict) -> str:
                      f"{blocks['increase_mib'] / blocks['result_mib']:.2f}", f"{blocks['seconds']:.1f}",
                      f"{whole['seconds']:.1f}", f"{blocks['seconds'] / whole['seconds']:.2f}",
                      "yes" if result["identical"] else "NO"])
+        if "before" in result:
+            before = result["before"]
+            before_rows.append([name, f"{blocks['increase_mib']:,.0f}", f"{before['increase_mib']:,.0f}",
+                                f"{blocks['increase_mib'] / before['increase_mib']:.2f}", f"{blocks['seconds']:.1f}",
+                                f"{before['seconds']:.1f}", f"{blocks['seconds'] / before['seconds']:.2f}"])
+    before_table = "" if not before_rows else f"""
+Against `read_interactions` before this change (the checkout `{record['old']}`: pandas' whole-file frame, then
+`np.unique` and two lexsorts), same files, same runs, same result:
+
+{markdown_table(["file", "now: peak increase MiB", "before: peak increase MiB", "now / before", "now s",
+                 "before s", "time now / before"], before_rows)}
+"""
     return f"""# Reading an interactions file: in blocks against the whole-file read
 
 `{record['command']}`
@@ -125,6 +137,7 @@ peak resident memory (VmHWM) less the process's memory after its imports; result
 {markdown_table(["file", "blocks: peak increase MiB", "whole: peak increase MiB", "blocks / whole",
                  "result MiB", "blocks increase / result", "blocks s", "whole s", "time blocks / whole",
                  "same result"], rows)}
+{before_table}
 
 {environment_lines(record['environment'], record['load_average_at_end'])}"""
 
@@ -136,16 +149,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stem", default="reading_memory")
     parser.add_argument("--file", action="append", choices=FILES, help="only these files (default: all)")
+    parser.add_argument("--old", type=Path, help="a checkout of aerec before this change (git worktree add DIR "
+                                                 "ce931c7): its read_interactions is measured too, as 'before'")
     args = parser.parse_args()
     log, record = start_run(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     write_files(args.work, log)
-    record.update(repeats=args.repeats, files={})
+    record.update(repeats=args.repeats, files={}, old=str(args.old) if args.old else None)
     for name in args.file or FILES:
-        runs = {"blocks": [], "whole": []}
+        runs = {"blocks": [], "whole": [], **({"before": []} if args.old else {})}
         for _ in range(args.repeats):
             for how in runs:
-                runs[how].append(measure(args.work / name, how))
+                runs[how].append(measure(args.work / name, how, args.old if how == "before" else None))
                 log(f"{name} {how}: {runs[how][-1]['seconds']:.1f} s, peak {runs[how][-1]['peak_mib']:,.0f} MiB")
         result = {}
         for how, done in runs.items():
