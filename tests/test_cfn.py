@@ -52,6 +52,22 @@ def test_cold_items_are_predicted_from_their_side_features():
     assert without.side_ is None and with_side.side_names_ == ["genre=g0", "genre=g1", "genre=g2", "genre=g3"]
 
 
+def test_a_row_without_ratings_is_centred_on_the_mean_training_rating():
+    """The module text's cold row: its mean is the mean training rating, at fit (I-CFN's cold items) and at
+    scoring (a U-CFN user given without ratings), not the mean of the rows' means (which scoring used)."""
+    data, _ = genre_ratings(n_users=40, n_items=30)
+    ratings = data.matrix.tolil()
+    ratings[0, :] = 5.0  # one user rates every item (twice as many as the others): entries' mean != rows' means' mean
+    ratings = sp.vstack([ratings.tocsr(), sp.csr_matrix((1, ratings.shape[1]), dtype=np.float32)]).tocsr()  # cold
+    model = CFN(kind="user", hidden=8, epochs=2, batch_size=16, device="cpu").fit(ratings)
+    expected = float(np.mean((ratings.data.astype(np.float64) - model.scale_[0]) / model.scale_[1]))
+    assert model.row_means_[-1] == pytest.approx(expected, abs=1e-6)
+    assert abs(float(model.row_means_[:-1].mean()) - expected) > 1e-3  # the two candidates differ here
+    _, means, centred = model._scaled_rows(sp.csr_matrix((2, ratings.shape[1]), dtype=np.float32),
+                                           model._training_mean(model.ratings_))
+    assert means.tolist() == pytest.approx([expected] * 2, abs=1e-6) and centred.nnz == 0
+
+
 def test_the_loss_weighs_hidden_and_kept_ratings_by_alpha_and_beta():
     data, _ = genre_ratings(n_users=30, n_items=20)
     model = CFN(hidden=8, epochs=1, batch_size=8, device="cpu", alpha=2.0, beta=0.5, hide=0.0).fit(data)

@@ -291,20 +291,8 @@ class CFN(TorchRecommender):
         self.side_ = side[0] if side is not None else None
         self.side_names_ = side[1] if side is not None else []
         self.side_spec_ = side[2].spec if side is not None and side[2] is not None else []
-        rows = ratings.T.tocsr() if self.kind == "item" else ratings
-        rows = _canonical(rows)
-        scaled = rows.copy()
-        scaled.data = ((rows.data.astype(np.float64) - self.scale_[0]) / self.scale_[1]).astype(np.float32)
-        counts = np.diff(scaled.indptr)
-        sums = np.add.reduceat(scaled.data.astype(np.float64), scaled.indptr[:-1]) if scaled.nnz else np.zeros(0)
-        global_mean = float(scaled.data.mean()) if scaled.nnz else 0.0
-        means = np.full(rows.shape[0], global_mean)
-        nonempty = counts > 0
-        means[nonempty] = sums[nonempty] / counts[nonempty]
-        self.row_means_ = means.astype(np.float32)
-        centred = scaled.copy()
-        centred.data = (scaled.data - np.repeat(self.row_means_, counts)).astype(np.float32)
-        self.input_rows_ = centred
+        rows = _canonical(ratings.T.tocsr() if self.kind == "item" else ratings)
+        _, self.row_means_, self.input_rows_ = self._scaled_rows(rows, self._training_mean(ratings))
         self.user_seen_ = np.diff(ratings.indptr) > 0
         self.item_seen_ = np.bincount(ratings.indices, minlength=ratings.shape[1]) > 0
         super()._fit(ratings, validation)
@@ -490,12 +478,10 @@ class CFN(TorchRecommender):
         """One vector per row (folded in), float32: U-CFN's code of the row (no side features: zeros); I-CFN's
         fitted output unit, the ridge weights on the items' last codes (zeros for an empty row)."""
         rows = _canonical(self.check_user_items(user_items))
-        scaled, means = self._scaled_rows(rows)
+        scaled, means, centred = self._scaled_rows(rows, self._training_mean(self.ratings_))
         if self.kind == "item":
             units = ridge_output_units(self.last_codes_.to(self.device_), scaled, float(self.setting("l2")))
             return units[:, :-1].float().cpu().numpy()
-        centred = scaled.copy()
-        centred.data = (scaled.data - np.repeat(means, np.diff(scaled.indptr))).astype(np.float32)
         codes = []
         for start in range(0, rows.shape[0], _ROWS_PER_BATCH):
             batch = RowBatch(np.arange(start, min(start + _ROWS_PER_BATCH, rows.shape[0])),
@@ -504,17 +490,29 @@ class CFN(TorchRecommender):
         width = self.module_.widths[-1]
         return (torch.cat(codes) if codes else torch.zeros((0, width))).float().cpu().numpy()
 
-    def _scaled_rows(self, rows: sp.csr_matrix):
-        """Rows of ratings mapped onto [-1, 1], and each row's mean there (the training rows' mean for an empty row)."""
+    def _scaled(self, rows: sp.csr_matrix) -> sp.csr_matrix:
+        """Ratings mapped onto [-1, 1]."""
         scaled = rows.copy()
         scaled.data = ((rows.data.astype(np.float64) - self.scale_[0]) / self.scale_[1]).astype(np.float32)
+        return scaled
+
+    def _training_mean(self, ratings: sp.csr_matrix) -> float:
+        """The mean training rating on [-1, 1]: the mean of a row without ratings (the module text's cold row)."""
+        return float(np.mean(self._scaled(ratings).data, dtype=np.float64)) if ratings.nnz else 0.0
+
+    def _scaled_rows(self, rows: sp.csr_matrix, empty_mean: float):
+        """``(scaled, means, centred)``: rows of ratings mapped onto [-1, 1], each row's mean there (``empty_mean``
+        for a row without ratings), and the scaled rows less their means (what the network reads)."""
+        scaled = self._scaled(rows)
         counts = np.diff(scaled.indptr)
-        means = np.full(rows.shape[0], float(self.row_means_.mean()) if len(self.row_means_) else 0.0,
-                        dtype=np.float32)
-        if scaled.nnz:
-            sums = np.add.reduceat(scaled.data.astype(np.float64), scaled.indptr[:-1])
-            means[counts > 0] = (sums[counts > 0] / counts[counts > 0]).astype(np.float32)
-        return scaled, means
+        means = np.full(rows.shape[0], empty_mean, dtype=np.float64)
+        rated = counts > 0
+        if scaled.nnz:  # reduceat over the rated rows' starts (an empty last row's start is past the data)
+            means[rated] = np.add.reduceat(scaled.data.astype(np.float64), scaled.indptr[:-1][rated]) / counts[rated]
+        means = means.astype(np.float32)
+        centred = scaled.copy()
+        centred.data = (scaled.data - np.repeat(means, counts)).astype(np.float32)
+        return scaled, means, centred
 
     def _blank_side(self, n_rows: int) -> torch.Tensor | None:
         """Side features of rows given at scoring time (none are known: zeros), or None without side information."""
@@ -527,11 +525,8 @@ class CFN(TorchRecommender):
     def score_tensor(self, user_items) -> torch.Tensor:
         """Predicted ratings of every item for the given users' rows (n_rows, n_items); see the module text."""
         rows = _canonical(self.check_user_items(user_items))
-        scaled, means = self._scaled_rows(rows)
+        scaled, means, centred = self._scaled_rows(rows, self._training_mean(self.ratings_))
         if self.kind == "user":
-            counts = np.diff(scaled.indptr)
-            centred = scaled.copy()
-            centred.data = (scaled.data - np.repeat(means, counts)).astype(np.float32)
             out = []
             for start in range(0, rows.shape[0], _ROWS_PER_BATCH):
                 batch = RowBatch(np.arange(start, min(start + _ROWS_PER_BATCH, rows.shape[0])),
