@@ -336,6 +336,7 @@ def evaluate_ranking(
     batch_size: int = 1024,
     device: str | torch.device = "auto",
     recall_denominator: str = "min",
+    user_features=None,
 ) -> RankingResult:
     """Rank the whole catalogue for every user with held-out items and score it.
 
@@ -365,6 +366,9 @@ def evaluate_ranking(
         Where ranking and hits are computed; ``"auto"`` picks CUDA when present.
     recall_denominator : {"min", "all"}
         See :func:`recall_at_k`.
+    user_features : array or sparse matrix, optional
+        One row of side features per row of ``fold_in``, for a model fitted with ``side_information=True``
+        (passed to its ``score_tensor``); :func:`conditioning_rows` gives them from a split's user ids.
 
     Returns
     -------
@@ -393,7 +397,8 @@ def evaluate_ranking(
     recommended = {k: np.empty(0, dtype=np.int64) for k in ks}
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
-        ids, hits = _rank_batch(model, fold_in[batch], heldout[batch], max(ks), device)
+        side = None if user_features is None else user_features[batch]
+        ids, hits = _rank_batch(model, fold_in[batch], heldout[batch], max(ks), device, side)
         for name, function in functions.items():
             for k in ks:
                 per_user[f"{name}@{k}"].append(function(hits, n_relevant[batch], k))
@@ -414,11 +419,11 @@ def evaluate_ranking(
 
 
 def _rank_batch(
-    model: ScoringModel, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, n: int, device: torch.device
+    model: ScoringModel, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, n: int, device: torch.device, side=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``n`` ids (``-1`` where unavailable) and the boolean hits of one batch, as numpy."""
     with torch.no_grad():
-        scores = model.score_tensor(fold_in)
+        scores = model.score_tensor(fold_in) if side is None else model.score_tensor(fold_in, user_features=side)
     scores = _as_score_tensor(scores, fold_in.shape, device)
     ids, top_scores = top_n(scores, fold_in, n)
     ids = mark_unavailable(ids, top_scores)
@@ -494,3 +499,13 @@ def _to_numpy(values):
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return values
+
+
+def conditioning_rows(model, fold_in, user_ids=None):
+    """The side features of ``fold_in``'s users (the ids of an :class:`~aerec.data.Interactions`, or
+    ``user_ids``, one per row) for a model fitted with ``side_information=True`` (looked up in the table it was
+    fitted with), else None: what ``evaluate_ranking(..., user_features=)`` takes."""
+    if not getattr(model, "conditioned", False):
+        return None
+    ids = getattr(fold_in, "user_ids", None) if user_ids is None else user_ids
+    return model.user_feature_rows(ids, fold_in.shape[0])

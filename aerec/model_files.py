@@ -167,7 +167,7 @@ def check_numbers(model, plain: dict, modules: dict, where: str) -> None:
     recommendation; a cast would hide both."""
     arrays = {}
     entries = [(f"{name}[{i}]", item) if isinstance(value, (tuple, list)) else (name, value)
-               for name, value in plain.items() if name != "item_ids_"
+               for name, value in plain.items() if not name.endswith("ids_")  # raw ids: any values
                for i, item in (enumerate(value) if isinstance(value, (tuple, list)) else [(None, value)])]
     for name, value in entries:
         if sp.issparse(value):

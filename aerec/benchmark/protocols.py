@@ -31,7 +31,7 @@ import numpy as np
 from aerec.benchmark.spec import BenchmarkSpec, SpecError
 from aerec.data import cold_start_split, per_user_holdout, random_holdout, strong_generalization, temporal_holdout
 from aerec.data.datasets import STRONG_N_HELDOUT
-from aerec.evaluation import evaluate_ranking
+from aerec.evaluation import conditioning_rows, evaluate_ranking
 
 __all__ = ["LOWER_IS_BETTER", "CellData", "make_cell_data", "test_scores", "validation_value"]
 
@@ -110,7 +110,9 @@ def validation_value(model, cell: CellData, metric: str) -> float:
     if isinstance(cell.validation, tuple):
         name, _, k = metric.partition("@")
         fold_in, heldout = (part.matrix for part in cell.validation)
-        return evaluate_ranking(model, fold_in, heldout, ks=(int(k),), metrics=(name,)).metrics[metric]
+        side = conditioning_rows(model, cell.validation[0])  # a conditional model's users' features, by id
+        return evaluate_ranking(model, fold_in, heldout, ks=(int(k),), metrics=(name,),
+                                user_features=side).metrics[metric]
     return rating_errors(model, cell.validation.matrix, (metric,))[0][metric]
 
 
@@ -120,7 +122,8 @@ def test_scores(model, cell: CellData, metrics) -> tuple[dict, dict, np.ndarray]
         return rating_errors(model, cell.test[0], metrics)
     ks = sorted({int(m.partition("@")[2]) for m in metrics})
     names = sorted({m.partition("@")[0] for m in metrics})
-    result = evaluate_ranking(model, *cell.test, ks=ks, metrics=names)
+    side = conditioning_rows(model, cell.test[0], cell.test_user_ids)
+    result = evaluate_ranking(model, *cell.test, ks=ks, metrics=names, user_features=side)
     return ({m: result.metrics[m] for m in metrics}, {m: np.asarray(result.per_user[m]) for m in metrics},
             np.asarray(result.users))
 

@@ -311,6 +311,7 @@ class Split:
     test: tuple  # (fold_in, heldout) matrices for ranking protocols; (test ratings,) for "ratings"
     summary: dict
     threshold: float | None = None  # ratings above it kept as 1 before the split (the strong protocol on ratings)
+    test_user_ids: object = None  # the raw id of each row of the test matrices (a conditional model's features)
 
 
 def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | None, dataset: str) -> Split:
@@ -321,10 +322,12 @@ def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | No
         threshold = None if implicit else 3.5
         split = strong_generalization(data, n_heldout=n_heldout, seed=seed, threshold=threshold)
         return Split(protocol, seed, n_heldout, split.train, (split.validation_fold_in, split.validation_heldout),
-                     (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary(), threshold)
+                     (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary(), threshold,
+                     split.test_fold_in.user_ids)
     if protocol == "per-user":
         split = per_user_holdout(data, test_fraction=0.2, seed=seed)
-        return Split(protocol, seed, None, split.train, None, (split.train.matrix, split.test.matrix), split.summary())
+        return Split(protocol, seed, None, split.train, None, (split.train.matrix, split.test.matrix), split.summary(),
+                     test_user_ids=split.train.user_ids)
     if protocol in ("item-cold", "user-cold"):
         split = cold_start_split(data, by=protocol.partition("-")[0], test_fraction=0.1, validation_fraction=0.1,
                                  seed=seed)
@@ -436,7 +439,7 @@ def tune_on_validation(name: str, params: dict, split: Split, trials: int, featu
     study = optuna.create_study(direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=5))
     cell = CellData(split=None, train=split.train, validation=split.validation, test=split.test,
-                    fit_kwargs=dict(features or {}))
+                    test_user_ids=split.test_user_ids, fit_kwargs=dict(features or {}))
     best, model, _ = tune(study, TuningSpec(trials=trials, metric=metric), ModelSpec(name, name, fixed, space), cell,
                           split.seed, f"--tune {name}")
     trials_run = counted_trials(study)

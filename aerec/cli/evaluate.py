@@ -28,7 +28,7 @@ from aerec.cli.common import (
     tune_on_validation,
     with_progress_bar,
 )
-from aerec.evaluation import evaluate_ranking, mae, rmse
+from aerec.evaluation import conditioning_rows, evaluate_ranking, mae, rmse
 from aerec.models import MODELS, make_model, side_feature_arguments
 
 RANKING_METRICS = ("recall", "ndcg", "precision", "map")
@@ -130,7 +130,8 @@ def test_metrics(model, split: Split, ks: tuple) -> dict:
         predicted = model.predict(coo.row, coo.col)
         return {"metrics": {"rmse": rmse(coo.data, predicted), "mae": mae(coo.data, predicted)}}
     fold_in, heldout = split.test
-    result = evaluate_ranking(model, fold_in, heldout, ks=ks, metrics=RANKING_METRICS)
+    result = evaluate_ranking(model, fold_in, heldout, ks=ks, metrics=RANKING_METRICS,
+                              user_features=conditioning_rows(model, fold_in, split.test_user_ids))
     return {"metrics": result.metrics, "n_users_evaluated": result.n_users_evaluated,
             "n_users_skipped": result.n_users_skipped}
 

@@ -167,12 +167,23 @@ class Recommender:
         """Dense scores of shape (n_rows, n_items) for the given rows, as a torch tensor."""
         raise NotImplementedError
 
-    def score(self, user_items) -> np.ndarray:
-        """Dense float32 scores of shape (n_rows, n_items) for the given users' rows."""
-        return self.score_tensor(user_items).detach().float().cpu().numpy()
+    def score(self, user_items, user_features=None) -> np.ndarray:
+        """Dense float32 scores of shape (n_rows, n_items) for the given users' rows (``user_features``: see
+        :meth:`recommend`)."""
+        scores = (self.score_tensor(user_items) if user_features is None else
+                  self.score_tensor(user_items, user_features=user_features))
+        return scores.detach().float().cpu().numpy()
+
+    def scoring_side(self, user_items, user_features=None):
+        """The users' side features a conditional model reads beside ``user_items``' rows; None for a model that
+        reads none (``user_features`` given to it is a ValueError)."""
+        if user_features is not None:
+            raise ValueError(f"user_features given to a {type(self).__name__} that reads none (only a model fitted "
+                             "with side_information=True and user_features does)")
+        return None
 
     def recommend(self, user_items, n: int = 10, filter_already_liked_items: bool = True, *, N: int | None = None,
-                  user: str = "user", item: str = "item", rating: str | bool | None = None):
+                  user: str = "user", item: str = "item", rating: str | bool | None = None, user_features=None):
         """Top-``n`` items and scores for each user of ``user_items``, best first.
 
         ``user_items`` is one of:
@@ -195,6 +206,10 @@ class Recommender:
         With ``filter_already_liked_items`` the row's own items are excluded;
         where fewer than ``n`` items remain, the missing places hold id -1 and
         score -inf.
+
+        ``user_features`` (a model fitted with ``side_information=True``): the users' side features, a
+        :class:`~aerec.data.features.SideFeatures` table (looked up by the rows' user ids) or a matrix with one
+        row per row; by default the table given to ``fit``, looked up by id (rows without ids: no features).
         """
         if _is_matrix(n):  # implicit's recommend(userid, user_items, N, ...)
             return self._recommend_implicit_style(user_items, n, filter_already_liked_items, N)
@@ -202,9 +217,9 @@ class Recommender:
             n = N
         if isinstance(user_items, pd.DataFrame):
             histories = self.align(user_items, user=user, item=item, rating=rating)
-            ids, scores = self.recommend(histories, n, filter_already_liked_items)
+            ids, scores = self.recommend(histories, n, filter_already_liked_items, user_features=user_features)
             return recommendations_frame(histories.user_ids, ids, scores, self.item_ids_)
-        parts = list(self.recommend_batches(user_items, n, filter_already_liked_items))
+        parts = list(self.recommend_batches(user_items, n, filter_already_liked_items, user_features=user_features))
         if not parts:
             return np.empty((0, n), dtype=np.int64), np.empty((0, n), dtype=np.float32)
         return np.concatenate([ids for _, ids, _ in parts]), np.concatenate([scores for _, _, scores in parts])
@@ -237,21 +252,29 @@ class Recommender:
         return align_to_catalogue(data, self.item_ids_, user=user, item=item, rating=rating)[0]
 
     def recommend_batches(self, user_items, n: int = 10, filter_already_liked_items: bool = True,
-                          batch_rows: int | None = None, memory_budget: int | None = None):
+                          batch_rows: int | None = None, memory_budget: int | None = None, user_features=None):
         """:meth:`recommend`, streamed: yields ``(rows, ids, scores)`` for one bounded batch of rows at a time.
 
         Each batch is scored, masked and ranked on the model's device; only the top ``n``
         come back, so memory holds one batch of scores (``memory_budget`` bytes, by default
         8 MiB on the CPU and 256 MiB on a GPU, or ``batch_rows`` rows) however many users there are.
         """
+        if isinstance(user_items, pd.DataFrame):
+            user_items = self.align(user_items)
+        side = self.scoring_side(user_items, user_features) if hasattr(self, "n_items_") else None
         rows = self.check_user_items(user_items)
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= self.n_items_:
             raise ValueError(f"n={n!r}; expected an integer from 1 to the {self.n_items_} items of the catalogue")
         if batch_rows is None:
             budget = memory_budget if memory_budget is not None else default_memory_budget(getattr(self, "device_", "cpu"))
             batch_rows = batch_rows_for_budget(self.n_items_, budget)
-        yield from stream_top_n(lambda index: self.score_tensor(rows[index[0]:index[-1] + 1]), rows if filter_already_liked_items else None,
-                                int(n), n_rows=rows.shape[0], batch_rows=batch_rows)
+        def score(index):
+            if side is None:
+                return self.score_tensor(rows[index[0]:index[-1] + 1])
+            return self.score_tensor(rows[index[0]:index[-1] + 1], user_features=side[index[0]:index[-1] + 1])
+
+        yield from stream_top_n(score, rows if filter_already_liked_items else None, int(n), n_rows=rows.shape[0],
+                                batch_rows=batch_rows)
 
     # -- model files (aerec.save / aerec.load) ------------------------------------
     def fitted_state(self) -> dict:

@@ -39,6 +39,13 @@ way), which has the distribution of ``tf.nn.dropout`` but not its random stream.
 A user unseen in training is scored from its row like any other: the
 network is a function of the row.
 
+Beyond the paper (off by default, ``side_information=False`` is vae_cf's model): ``side_information=True``
+with ``fit(user_features=...)`` makes both networks conditional on the user's side features ``s`` (a conditional
+VAE / DAE in the sense of Sohn, Lee and Yan, NeurIPS 2015): ``s`` is appended to the normalised, dropped-out row
+before the first encoder layer and to the code before the first decoder layer, never normalised nor dropped
+out. A user with no history is then scored from ``s`` alone. The feature table is kept with the model and looked
+up by raw user id when scoring (:mod:`aerec.models.conditioning`).
+
 Departures from the vae_cf notebook, named:
 
 - Mult-DAE follows the paper, [I-600-200-600-I] with no weight decay by
@@ -59,8 +66,9 @@ from aerec.core.losses import multinomial_nll
 from aerec.core.penalties import l2_weight_decay
 from aerec.core.variational import GaussianLatent, LinearAnneal, kl_standard_normal, reparameterize
 from aerec.data.batching import RowBatch
+from aerec.models.conditioning import UserConditioned
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import PROBABILITY, STEPS, WEIGHT, WIDTH
+from aerec.params import PROBABILITY, STEPS, WEIGHT, WIDTH, Boolean
 from aerec.search_space import Choice, FloatRange
 from aerec.training import TrainingState
 
@@ -68,19 +76,34 @@ __all__ = ["MultDAE", "MultDAENet", "MultVAE", "MultVAENet", "l2_normalize_rows"
 
 
 class _MultNet(nn.Module):
-    """The pieces both networks share: L2 normalisation and input dropout before a sparse-input encoder."""
+    """The pieces both networks share: L2 normalisation and input dropout before a sparse-input encoder.
 
-    def __init__(self, n_items: int, hidden: int, latent: int, dropout: float, generator: torch.Generator | None):
+    ``n_side`` > 0 makes the network conditional (a user's side features ``s`` enter the encoder, appended to the
+    normalised, dropped-out row, and the decoder, appended to the code): never normalised nor dropped out.
+    """
+
+    def __init__(self, n_items: int, hidden: int, latent: int, dropout: float, generator: torch.Generator | None,
+                 n_side: int = 0):
         super().__init__()
-        self.n_items, self.hidden, self.latent = int(n_items), int(hidden), int(latent)
+        self.n_items, self.hidden, self.latent, self.n_side = int(n_items), int(hidden), int(latent), int(n_side)
         self.input_dropout = MaskingNoise(dropout, rescale=True)  # tf.nn.dropout(h, keep_prob=1 - dropout)
         # drawn first, then the encoder: the order of the draws (and of the state dict) as it always was
-        self.decoder = DenseStack([self.latent, self.hidden, self.n_items], "tanh", "identity", init="xavier",
-                                  generator=generator)
+        self.decoder = DenseStack([self.latent + self.n_side, self.hidden, self.n_items], "tanh", "identity",
+                                  init="xavier", generator=generator)
 
-    def encoder_input(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``dropout(l2_normalize(x))`` (dropout in training mode only, drawn from ``generator``), in ``x``'s layout."""
-        return self.input_dropout(l2_normalize_rows(x), generator)
+    def encoder_input(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                      side: torch.Tensor | None = None) -> torch.Tensor:
+        """``dropout(l2_normalize(x))`` (dropout in training mode only, drawn from ``generator``), in ``x``'s layout,
+        then the side features' columns (a conditional network)."""
+        h = self.input_dropout(l2_normalize_rows(x), generator)
+        if not self.n_side:
+            return h
+        side = side.to(h.dtype)
+        return torch.cat([h.coalesce(), side.to_sparse()], 1).coalesce() if h.is_sparse else torch.cat([h, side], 1)
+
+    def decode(self, code: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (rows, n_items) of a code (with the side features appended in a conditional network)."""
+        return self.decoder(torch.cat([code, side.to(code.dtype)], 1) if self.n_side else code)
 
 
 class MultDAENet(_MultNet):
@@ -99,14 +122,16 @@ class MultDAENet(_MultNet):
     """
 
     def __init__(self, n_items: int, hidden: int = 600, latent: int = 200, dropout: float = 0.5,
-                 generator: torch.Generator | None = None):
-        super().__init__(n_items, hidden, latent, dropout, generator)
-        self.encoder = DenseStack([self.n_items, self.hidden, self.latent], "tanh", "tanh", sparse_input=True,
-                                  init="xavier", generator=generator)
+                 generator: torch.Generator | None = None, n_side: int = 0):
+        super().__init__(n_items, hidden, latent, dropout, generator, n_side)
+        self.encoder = DenseStack([self.n_items + self.n_side, self.hidden, self.latent], "tanh", "tanh",
+                                  sparse_input=True, init="xavier", generator=generator)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Logits of shape (rows, n_items) for raw rows ``x`` (dense or sparse COO); dropout drawn from ``generator``."""
-        return self.decoder(self.encoder(self.encoder_input(x, generator)))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                side: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of shape (rows, n_items) for raw rows ``x`` (dense or sparse COO); dropout drawn from ``generator``;
+        ``side``: the rows' side features (rows, n_side), for a conditional network."""
+        return self.decode(self.encoder(self.encoder_input(x, generator, side)), side)
 
 
 class MultVAENet(_MultNet):
@@ -116,41 +141,43 @@ class MultVAENet(_MultNet):
     """
 
     def __init__(self, n_items: int, hidden: int = 600, latent: int = 200, dropout: float = 0.5,
-                 generator: torch.Generator | None = None):
-        super().__init__(n_items, hidden, latent, dropout, generator)
-        self.encoder = DenseStack([self.n_items, self.hidden], "tanh", "tanh", sparse_input=True, init="xavier",
-                                  generator=generator)
+                 generator: torch.Generator | None = None, n_side: int = 0):
+        super().__init__(n_items, hidden, latent, dropout, generator, n_side)
+        self.encoder = DenseStack([self.n_items + self.n_side, self.hidden], "tanh", "tanh", sparse_input=True,
+                                  init="xavier", generator=generator)
         self.posterior = GaussianLatent(self.hidden, self.latent, init="xavier", generator=generator)  # [mu, logvar]
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, logvar)`` of q(z | x), each (rows, latent), for raw rows ``x`` (dense or sparse COO)."""
-        return self.posterior(self.encoder(self.encoder_input(x, generator)))
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None,
+               side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of q(z | x[, s]), each (rows, latent), for raw rows ``x`` (dense or sparse COO)."""
+        return self.posterior(self.encoder(self.encoder_input(x, generator, side)))
 
-    def forward(self, x: torch.Tensor, sample: bool | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None,
+                side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits, mu, logvar)`` for raw rows ``x`` (dense or sparse COO).
 
         ``sample``: decode ``z = mu + eps * std`` (True) or ``z = mu`` (False); default: sample in
         training mode only (vae_cf's ``is_training``). Dropout and ``eps`` are drawn from ``generator``
         (torch's global generator when None).
         """
-        mu, logvar = self.encode(x, generator)
+        mu, logvar = self.encode(x, generator, side)
         z = reparameterize(mu, logvar, sample=self.training if sample is None else bool(sample), generator=generator)
-        return self.decoder(z), mu, logvar
+        return self.decode(z, side), mu, logvar
 
 
-class _MultAutoencoder(TorchRecommender):
-    """What :class:`MultDAE` and :class:`MultVAE` share: the network's widths, dropout, vae_cf's weight decay."""
+class _MultAutoencoder(UserConditioned, TorchRecommender):
+    """What :class:`MultDAE` and :class:`MultVAE` share: the network's widths, dropout, vae_cf's weight decay, and
+    the users' side features as a condition (``side_information=True``; :mod:`aerec.models.conditioning`)."""
 
     parameter_constraints = {"hidden": [WIDTH], "latent": [WIDTH], "dropout": [PROBABILITY],
-                             "l2": [WEIGHT]}
+                             "l2": [WEIGHT], "side_information": [Boolean()]}
     #: vae_cf's widths and weight decays (0 for Mult-VAE, 0.01 / 500 in the notebook's Mult-DAE)
     search_space = {"hidden": Choice(200, 600), "latent": Choice(100, 200), "dropout": FloatRange(0.2, 0.8),
                     "l2": Choice(0.0, 2e-5, 1e-4)}
     _net_class: type[_MultNet]
 
     def build_module(self, generator: torch.Generator) -> _MultNet:
-        return self._net_class(self.n_items_, self.hidden, self.latent, self.dropout, generator)
+        return self._net_class(self.n_items_, self.hidden, self.latent, self.dropout, generator, self.n_side)
 
     def weight_decay(self, module: nn.Module) -> torch.Tensor | float:
         """vae_cf's ``2 * l2_regularizer(lam)``: ``l2 * sum ||W||^2`` over the weight matrices (0 when ``l2`` is 0)."""
@@ -170,13 +197,20 @@ class _MultAutoencoder(TorchRecommender):
             raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
         linear = self.module_.encoder.layers[0] if layer == "input" else self.module_.decoder.layers[-1]
         weight = linear.weight.detach().float().cpu()
-        return (weight.T if layer == "input" else weight).contiguous().numpy()
+        return (weight.T[:self.n_items_] if layer == "input" else weight).contiguous().numpy()
+
+    def score_batch(self, module: _MultNet, batch: RowBatch) -> torch.Tensor:
+        """The logits of a batch being scored (with its users' side features in a conditional network)."""
+        side = self.scoring_batch_side(batch)
+        out = module(batch.sparse) if side is None else module(batch.sparse, side=side)
+        return out[0] if isinstance(out, tuple) else out
 
     def embed_batch(self, module: _MultNet, batch: RowBatch) -> torch.Tensor:
         """The code layer (rows, latent): Mult-DAE's tanh code, Mult-VAE's posterior mean."""
+        side = self.scoring_batch_side(batch)
         if isinstance(module, MultVAENet):
-            return module.encode(batch.sparse)[0]
-        return module.encoder(module.encoder_input(batch.sparse))
+            return module.encode(batch.sparse, side=side)[0]
+        return module.encoder(module.encoder_input(batch.sparse, side=side))
 
 
 class MultDAE(_MultAutoencoder):
@@ -198,6 +232,8 @@ class MultDAE(_MultAutoencoder):
     l2 : float, default 0.0
         vae_cf's ``lam``: ``l2 * sum ||W||^2`` is added to the loss (the
         notebook's Mult-DAE cell uses ``0.01 / 500``; the paper none).
+    side_information : bool, default False
+        Condition the network on ``fit``'s ``user_features`` (see the module text); False ignores them.
     epochs=200, batch_size=500, lr=1e-3 (Adam), seed, device, patience, progress, precision, max_seconds
         The shared training parameters (:mod:`aerec.models.torch_base`); vae_cf runs every epoch
         and keeps the best validation NDCG@100.
@@ -219,12 +255,15 @@ class MultDAE(_MultAutoencoder):
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, epochs: int = 200,
                  batch_size: int = 500, lr: float = 1e-3, l2: float = 0.0, seed: int = 0, device: str = "auto",
                  patience: int | None = None, progress: bool = False, precision: str = "fp32",
-                 max_seconds: float | None = None):
+                 max_seconds: float | None = None, side_information: bool = False):
         store_params(self, locals())
 
     def batch_loss(self, module: MultDAENet, batch: RowBatch, state: TrainingState) -> dict:
         """``{"loss", "nll"}``: the multinomial NLL of the batch's rows (their mean), plus the weight decay."""
-        nll = multinomial_nll(module(batch.sparse, state.generator), batch.sparse).mean()
+        side = self.batch_side(batch)
+        logits = module(batch.sparse, state.generator) if side is None else module(batch.sparse, state.generator,
+                                                                                   side=side)
+        nll = multinomial_nll(logits, batch.sparse).mean()
         return {"loss": nll + self.weight_decay(module), "nll": nll.detach()}
 
 
@@ -255,6 +294,8 @@ class MultVAE(_MultAutoencoder):
         epoch, it stays far below the cap, as in vae_cf).
     l2 : float, default 0.0
         vae_cf's ``lam``: ``l2 * sum ||W||^2`` is added to the loss.
+    side_information : bool, default False
+        Condition the network on ``fit``'s ``user_features`` (see the module text); False ignores them.
     epochs=200, batch_size=500, lr=1e-3 (Adam), seed, device, patience, progress, precision, max_seconds
         The shared training parameters (:mod:`aerec.models.torch_base`).
 
@@ -280,7 +321,8 @@ class MultVAE(_MultAutoencoder):
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, beta_cap: float = 0.2,
                  total_anneal_steps: int = 200_000, epochs: int = 200, batch_size: int = 500, lr: float = 1e-3,
                  l2: float = 0.0, seed: int = 0, device: str = "auto", patience: int | None = None,
-                 progress: bool = False, precision: str = "fp32", max_seconds: float | None = None):
+                 progress: bool = False, precision: str = "fp32", max_seconds: float | None = None,
+                 side_information: bool = False):
         store_params(self, locals())
 
     def beta(self, update: int) -> float:
@@ -293,7 +335,7 @@ class MultVAE(_MultAutoencoder):
     def batch_loss(self, module: MultVAENet, batch: RowBatch, state: TrainingState) -> dict:
         """``{"loss", "nll", "kl", "beta"}``: NLL + beta * KL (means over the rows) + weight decay; beta from ``state.update``."""
         beta = self.beta(state.update)
-        logits, mu, logvar = module(batch.sparse, generator=state.generator)
+        logits, mu, logvar = module(batch.sparse, generator=state.generator, side=self.batch_side(batch))
         nll = multinomial_nll(logits, batch.sparse).mean()
         kl = kl_standard_normal(mu.float(), logvar.float()).mean()
         loss = nll + beta * kl + self.weight_decay(module)
