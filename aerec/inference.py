@@ -375,7 +375,8 @@ class RecommendJob:
         else:
             rows, unknown = align_to_catalogue(users, item_ids, warn=False)
             user_count, interactions = users.n_users, users.nnz
-            batches = self.model.recommend_batches(rows.matrix, n=self.n, filter_already_liked_items=self.filter_seen,
+            # the rows with their users' ids: a conditional model finds each user's side features by id
+            batches = self.model.recommend_batches(rows, n=self.n, filter_already_liked_items=self.filter_seen,
                                                    memory_budget=self.memory_budget)
             user_ids = np.asarray(users.user_ids)
             frames = (recommendations_frame(user_ids[np.asarray(index)], ids, scores, item_ids)

@@ -119,3 +119,24 @@ def test_cli_trains_and_evaluates_a_conditional_mult_vae_with_ml100k_demographic
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["metrics"]["ndcg@100"] > 0.02  # two epochs of 2 updates: the plumbing, not the model
+
+
+def test_aerec_recommend_finds_each_users_features_by_id(tmp_path, capsys):
+    """The single-file command and the sharded job pass the rows with their users' ids."""
+    from aerec.cli import main
+    from aerec.inference import read_recommendations
+
+    data, features, group = grouped()
+    model = MultVAE(**SETTINGS, side_information=True).fit(data.select(np.arange(240)), user_features=features)
+    aerec.save(model, tmp_path / "m")
+    cold = pd.DataFrame({"user": data.user_ids[240:], "item": 0})  # one item each: all of group a's first movie
+    cold.to_csv(tmp_path / "cold.csv", index=False)
+    for output in ("recs.csv", "job/"):
+        code = main(["recommend", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "cold.csv"), "--n", "10",
+                     "--output", str(tmp_path / output), "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        recs = (pd.read_csv(tmp_path / output) if output.endswith(".csv") else
+                read_recommendations(tmp_path / output))
+        row_of = {user: row for row, user in enumerate(data.user_ids)}
+        share = np.mean([int(item) // 20 == group[row_of[user]] for user, item in zip(recs["user"], recs["item"])])
+        assert share > 0.9, (output, share)
