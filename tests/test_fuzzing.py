@@ -14,7 +14,7 @@ file's header, shapes, dtypes and bytes) resumed by a fit; each of their cases
 may compute at most ``CASE_SECONDS`` of CPU time and grow the address space by
 at most ``CASE_MEMORY`` (RLIMIT_AS).
 
-The default profile runs 20,700 generated cases in all (``EXAMPLES``: 10,700
+The default profile runs 20,000 generated cases in all (``EXAMPLES``: 10,000
 before issue 19, 10,000 since); the environment variable ``AEREC_FUZZ_SCALE``
 multiplies every count, which is how ``evaluation/fuzz_inputs.py`` runs the
 large profile. Each case is counted in ``TALLY`` by target and outcome for that
@@ -57,8 +57,9 @@ from aerec.state import MARKERS, StateFileError, sha256_of_file
 
 AEREC_DIR = Path(aerec.__file__).resolve().parent
 SCALE = float(os.environ.get("AEREC_FUZZ_SCALE", "1"))
-# generated cases per property in the default profile (20,700 in all); AEREC_FUZZ_SCALE multiplies them
-EXAMPLES = {"movielens_files": 1800, "generic_csv": 1300, "parquet": 700, "from_pandas": 2300,
+# generated cases per property in the default profile (20,000 in all: issue 8 asks for >= 10,000, issue 19 for
+# >= 10,000 more); AEREC_FUZZ_SCALE multiplies them
+EXAMPLES = {"movielens_files": 1800, "generic_csv": 1300, "parquet": 700, "from_pandas": 1600,
             "load_damaged_config": 1800, "load_damaged_tensor_file": 1300, "load_damaged_files": 300, "cli": 1200,
             "saved_hyper_parameters": 6000, "damaged_checkpoint": 4000}
 TALLY: collections.Counter = collections.Counter()  # (target, outcome) -> cases, read by evaluation/fuzz_inputs.py
