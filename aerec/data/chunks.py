@@ -362,7 +362,10 @@ def _typed_text(values: np.ndarray, name: str, numeric: bool) -> np.ndarray:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     if numeric:
-        bad = values[np.flatnonzero(pd.to_numeric(pd.Series(values), errors="coerce").isna().to_numpy())[0]]
+        parsed = pd.to_numeric(pd.Series(values), errors="coerce")
+        if not parsed.isna().any():  # numbers pandas reads and pyarrow does not: pandas' reading of them
+            return parsed.to_numpy()
+        bad = values[int(np.flatnonzero(parsed.isna().to_numpy())[0])]
         raise ValueError(f"column {name!r} has a non-numeric id {bad!r}; expected numbers")
     return values
 
@@ -415,15 +418,16 @@ class _Times:
 
             self.blocks.append(_timestamps(column.to_pandas(), self.name, offset))
             return
-        try:
-            if column.null_count:
-                raise pa.ArrowInvalid("missing")
-            import pyarrow.compute as pc
+        import pyarrow.compute as pc
 
-            self.blocks.append(np.array(pc.cast(_number_text(column), pa.int64()).to_numpy(zero_copy_only=False)))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            self.blocks.append(pd.Series(_numbers(column, pa.float64(), f"timestamp column {self.name!r}", offset,
-                                                  "numbers or datetimes"), dtype=np.float64))
+        if not column.null_count:
+            try:
+                self.blocks.append(np.array(pc.cast(_number_text(column), pa.int64()).to_numpy(zero_copy_only=False)))
+                return
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # a fraction, or a number past int64: the block is read as float64
+        self.blocks.append(pd.Series(_numbers(column, pa.float64(), f"timestamp column {self.name!r}", offset,
+                                              "numbers or datetimes"), dtype=np.float64))
 
     def finish(self) -> np.ndarray:
         from aerec.data.interactions import _timestamps
