@@ -1,4 +1,4 @@
-"""Users' side features as a condition of Mult-VAE and Mult-DAE (issue 20): cold users scored from their features,
+"""Users' side features as a condition of Mult-VAE, Mult-DAE and CDAE (issue 20): cold users scored from their features,
 features looked up by raw id when scoring, saved with the model, bad input refused by name."""
 
 import numpy as np
@@ -10,7 +10,7 @@ import aerec
 from aerec.data.features import features_from_pandas
 from aerec.data.interactions import Interactions
 from aerec.evaluation import conditioning_rows, evaluate_ranking
-from aerec.models import MultDAE, MultVAE
+from aerec.models import CDAE, MultDAE, MultVAE
 
 SETTINGS = dict(hidden=32, latent=8, epochs=40, batch_size=50, lr=3e-3, device="cpu", seed=0)
 
@@ -53,6 +53,45 @@ def test_cold_users_are_ranked_by_their_features(cls):
     recs = conditioned.recommend(frame, n=5)
     assert set(recs["user"]) == set(data.user_ids[240:]) and len(recs) == 60 * 5
     assert not hasattr(plain, "user_features_") and conditioned.user_feature_names_ == ["group=a", "group=b"]
+
+
+CDAE_SETTINGS = dict(hidden=16, epochs=40, device="cpu", seed=0)
+
+
+def test_a_conditional_cdae_ranks_cold_users_by_their_features_and_keeps_them_when_saved(tmp_path):
+    data, features, group = grouped()
+    train = data.select(np.arange(240))
+    conditioned = CDAE(**CDAE_SETTINGS, side_information=True).fit(train, user_features=features)
+    plain = CDAE(**CDAE_SETTINGS).fit(train, user_features=features)
+    cold = Interactions(sp.csr_matrix((60, data.n_items), dtype=np.float32), data.user_ids[240:], data.item_ids)
+    ids, _ = conditioned.recommend(cold, n=10)  # an empty row folded in, the features looked up by id
+    assert in_group_share(ids, group[240:]) > 0.9
+    assert 0.3 < in_group_share(plain.recommend(cold, n=10)[0], group[240:]) < 0.7
+    assert conditioned.module_.decoder.weight.shape == (data.n_items, 16 + 2)
+    # the side features travel with every path that folds a row in
+    rows = features.align(cold.user_ids, warn=False).matrix
+    np.testing.assert_array_equal(conditioned.recommend(cold.matrix, n=10, user_features=rows)[0], ids)
+    assert conditioned.user_embeddings(cold).shape == (60, 16) and conditioned.user_vectors(cold).shape == (60, 16)
+    known = conditioned.score_known_users(np.arange(5), train.select(np.arange(5)))
+    blind = conditioned.score_known_users(np.arange(5), train.select(np.arange(5)).matrix)  # no ids: no features
+    assert known.shape == (5, data.n_items) and not np.array_equal(known, blind)
+    aerec.save(conditioned, tmp_path / "cdae")
+    loaded = aerec.load(tmp_path / "cdae")
+    np.testing.assert_array_equal(loaded.score(cold), conditioned.score(cold))
+    with pytest.raises(ValueError, match="user_features given to a CDAE that reads none"):
+        plain.recommend(cold.matrix, n=3, user_features=rows)
+
+
+def test_an_unconditioned_cdae_draws_the_weights_it_always_drew():
+    """``side_information=True`` adds its weights after the others: without it, every seed's network is unchanged."""
+    from aerec.models.cdae import CDAENet
+    import torch
+
+    plain = CDAENet(5, 7, 3, 0.0, "sigmoid", generator=torch.Generator().manual_seed(3))
+    conditioned = CDAENet(5, 7, 3, 0.0, "sigmoid", generator=torch.Generator().manual_seed(3), n_side=2)
+    torch.testing.assert_close(conditioned.encoder.weight, plain.encoder.weight, rtol=0, atol=0)
+    assert conditioned.decoder.weight.shape == (7, 5) and conditioned.side_encoder.weight.shape == (3, 2)
+    assert not hasattr(plain, "side_encoder") and plain.decoder.weight.shape == (7, 3)
 
 
 def test_evaluation_with_the_users_features_beats_popularity_on_cold_users():

@@ -381,14 +381,15 @@ class Recommender:
             vectors = torch.nn.functional.normalize(vectors, dim=1)
         return vectors[torch.from_numpy(columns)] @ vectors.T
 
-    def ranking_validation(self, validation, k: int = 100):
+    def ranking_validation(self, validation, k: int = 100, side_rows=None):
         """A ``validate(module) -> NDCG@k`` function for the training loop's early stopping, or None.
 
         ``validation`` is a pair ``(fold_in, heldout)`` of validation users' rows
         (Interactions or sparse matrices, the fitted number of items): the model
         scores ``fold_in`` through ``score_tensor`` and is judged on ``heldout``
         (Liang et al. keep the epoch with the best validation NDCG@100; NDCG@n_items
-        when the catalogue has fewer than ``k`` items).
+        when the catalogue has fewer than ``k`` items). ``side_rows(n_rows)``, for a
+        conditional model: the validation users' side features, one row per row.
         """
         from aerec.evaluation import evaluate_ranking
 
@@ -401,7 +402,9 @@ class Recommender:
             if part.shape[1] != self.n_items_:
                 raise ValueError(f"validation {name} has {part.shape[1]} columns; expected {self.n_items_} items as train")
         k = min(k, self.n_items_)  # a catalogue smaller than k: NDCG over all of it
-        return lambda module: evaluate_ranking(self, fold_in, heldout, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]
+        side = None if side_rows is None else side_rows(fold_in.shape[0])
+        return lambda module: evaluate_ranking(self, fold_in, heldout, ks=(k,), metrics=("ndcg",),
+                                               user_features=side).metrics[f"ndcg@{k}"]
 
     def check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):

@@ -64,6 +64,14 @@ Choices the paper leaves open or that depart from it (each a parameter)
   maps monotonically to ``y^``: the same ranking, without the ties a
   saturated sigmoid would make among the top items (:meth:`CDAE.reconstruct`
   gives ``y^``).
+
+Beyond the paper (off by default, ``side_information=False`` is Wu et al.'s model): ``side_information=True``
+with ``fit(user_features=...)`` makes the network conditional on the user's side features ``s``, which enter
+the hidden layer and the decoder as in the conditional Mult-VAE / Mult-DAE (:mod:`aerec.models.mult_vae`):
+``z_u = h(W^T y~_u + V_u + S s_u + b)``, ``y^_u = f(W' [z_u ; s_u] + b')``; ``S`` and the decoder's side
+columns are in the L2 term, ``s`` is never corrupted. A user with no history is scored from ``s`` (and the
+fold-in of an empty row); the feature table is kept with the model and looked up by raw user id when scoring
+(:mod:`aerec.models.conditioning`).
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -80,8 +89,9 @@ from aerec.core.corruption import MaskingNoise
 from aerec.core.layers import SparseInputLinear, dense_linear, init_linear_, make_activation
 from aerec.core.losses import bernoulli_nll, masked_squared_error
 from aerec.core.penalties import l2_weight_decay
+from aerec.models.conditioning import UserConditioned
 from aerec.models.torch_base import TorchRecommender, store_params
-from aerec.params import COUNT, FOLD_IN_STEPS, PROBABILITY, RATE, SAMPLES, WEIGHT, WIDTH, Options
+from aerec.params import COUNT, FOLD_IN_STEPS, PROBABILITY, RATE, SAMPLES, WEIGHT, WIDTH, Boolean, Options
 from aerec.search_space import Choice, FloatRange
 from aerec.training import OPTIMIZERS
 
@@ -107,10 +117,13 @@ class CDAENet(nn.Module):
         Initialisation of ``W``, ``b``, ``W'``, ``b'`` (see :func:`aerec.core.layers.init_linear_`); ``V`` starts at 0.
     generator : torch.Generator, optional
         Source of the initial weights (torch's global generator when None).
+    n_side : int
+        Side features of a conditional network (0: Wu et al.'s): ``S`` (hidden x n_side, no bias) adds
+        ``S s`` to the hidden layer's input and the decoder reads ``[z ; s]``; drawn after the other weights.
     """
 
     def __init__(self, n_users: int, n_items: int, hidden: int, corruption: float, hidden_activation: str,
-                 init: str = "torch", generator: torch.Generator | None = None):
+                 init: str = "torch", generator: torch.Generator | None = None, n_side: int = 0):
         super().__init__()
         self.corruption = MaskingNoise(corruption, rescale=True)
         self.encoder = SparseInputLinear(n_items, hidden, init=init, generator=generator)  # W^T (K x I), b
@@ -119,25 +132,40 @@ class CDAENet(nn.Module):
         self.user_embedding = torch.nn.utils.skip_init(nn.Embedding, n_users, hidden)
         nn.init.normal_(self.user_embedding.weight, generator=generator)
         nn.init.zeros_(self.user_embedding.weight)
-        self.decoder = dense_linear(hidden, n_items, "torch", generator)  # weight = W' (I x K), bias = b'
+        self.n_side = int(n_side)
+        self.decoder = dense_linear(hidden + self.n_side, n_items, "torch", generator)  # W' (I x K[+side]), b'
         init_linear_(self.decoder.weight, self.decoder.bias, init, generator)
         self.hidden_activation = make_activation(hidden_activation)
+        if self.n_side:
+            self.side_encoder = torch.nn.utils.skip_init(nn.Linear, self.n_side, hidden, bias=False,
+                                                         device=torch.empty(0).device)  # S
+            init_linear_(self.side_encoder.weight, None, init, generator)
 
-    def forward(self, x: torch.Tensor, users: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Output pre-activations ``W' h(W^T x~ + V_u + b) + b'`` of training users (x~: x, dropped out in training)."""
-        return self.decode(self.encoder(self.corruption(x, generator)) + self.user_embedding(users))
+    def forward(self, x: torch.Tensor, users: torch.Tensor, generator: torch.Generator | None = None,
+                side: torch.Tensor | None = None) -> torch.Tensor:
+        """Output pre-activations ``W' h(W^T x~ + V_u + b) + b'`` of training users (x~: x, dropped out in training);
+        ``side``: the rows' side features (rows, n_side) of a conditional network."""
+        return self.decode(self.encode(self.corruption(x, generator), side) + self.user_embedding(users), side)
 
-    def decode(self, hidden_input: torch.Tensor) -> torch.Tensor:
-        """``W' h(hidden_input) + b'``: the output pre-activations for the hidden layer's input."""
-        return self.decoder(self.hidden_activation(hidden_input))
+    def encode(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """``W^T x + b`` (``+ S s`` in a conditional network): the hidden layer's input without the user node."""
+        base = self.encoder(x)
+        return base + self.side_encoder(side.to(base.dtype)) if self.n_side else base
+
+    def decode(self, hidden_input: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """``W' h(hidden_input) + b'`` (``W' [h(hidden_input) ; s] + b'`` in a conditional network): the output
+        pre-activations for the hidden layer's input."""
+        hidden = self.hidden_activation(hidden_input)
+        return self.decoder(torch.cat([hidden, side.to(hidden.dtype)], 1) if self.n_side else hidden)
 
     def penalized(self) -> list[torch.Tensor]:
-        """The tensors of the paper's L2 term: W, W', V, b, b'."""
+        """The tensors of the paper's L2 term: W, W', V, b, b' (and S in a conditional network)."""
+        extra = [self.side_encoder.weight] if self.n_side else []
         return [self.encoder.weight, self.decoder.weight, self.user_embedding.weight, self.encoder.bias,
-                self.decoder.bias]
+                self.decoder.bias, *extra]
 
 
-class CDAE(TorchRecommender):
+class CDAE(UserConditioned, TorchRecommender):
     """Collaborative Denoising Auto-Encoder (Wu et al., WSDM 2016), with fold-in of unseen users.
 
     See the module docstring for the model and its departures.
@@ -170,6 +198,8 @@ class CDAE(TorchRecommender):
         Adam step size of the fold-in.
     init : {"torch", "xavier"}
         Initialisation of the weights and biases (torch's ``nn.Linear`` default, or vae_cf's).
+    side_information : bool, default False
+        Condition the network on ``fit``'s ``user_features`` (see the module docstring); False ignores them.
     optimizer : str
         The training loop's optimizer (:class:`aerec.training.TrainConfig`).
     validate_every : int
@@ -191,7 +221,7 @@ class CDAE(TorchRecommender):
         "negative_sampling": [Options(*NEGATIVE_SAMPLING)], "negative_ratio": [RATE],
         "n_negatives": [SAMPLES], "fold_in": [Options(*FOLD_IN)], "fold_in_steps": [FOLD_IN_STEPS],
         "fold_in_lr": [RATE], "optimizer": [Options(*OPTIMIZERS)], "validate_every": [COUNT],
-        "init": [Options("torch", "xavier")],
+        "init": [Options("torch", "xavier")], "side_information": [Boolean()],
     }
     #: Wu et al. sweep the corruption level and the L2 weight; our strong-split script also the negatives
     search_space = {"hidden": Choice(50, 100, 200), "corruption": FloatRange(0.0, 0.8),
@@ -202,7 +232,8 @@ class CDAE(TorchRecommender):
                  fold_in: str = "fit", fold_in_steps: int = 50, fold_in_lr: float = 0.1, epochs: int = 100,
                  batch_size: int = 64, lr: float = 1e-2, optimizer: str = "adam", seed: int = 0, device: str = "auto",
                  patience: int | None = 10, validate_every: int = 1, init: str = "torch", progress: bool = False,
-                 precision: str = "fp32", max_seconds: float | None = None, **deprecated):
+                 precision: str = "fp32", max_seconds: float | None = None, side_information: bool = False,
+                 **deprecated):
         if "hidden_size" in deprecated:
             warnings.warn("CDAE(hidden_size=...) is renamed hidden=; hidden_size goes in the next release",
                           DeprecationWarning, stacklevel=2)
@@ -222,7 +253,7 @@ class CDAE(TorchRecommender):
     # -- training --------------------------------------------------------------------
     def build_module(self, generator: torch.Generator) -> CDAENet:
         return CDAENet(self.n_train_users_, self.n_items_, self.hidden, self.corruption, self.hidden_activation,
-                       self.init, generator)
+                       self.init, generator, self.n_side)
 
     def _fit(self, matrix: sp.csr_matrix, validation) -> None:
         self.n_train_users_ = matrix.shape[0]
@@ -235,7 +266,7 @@ class CDAE(TorchRecommender):
         observed = batch.observed
         binary = torch.sparse_coo_tensor(clicks.indices(), torch.ones_like(clicks.values()), clicks.shape,
                                          is_coalesced=True, check_invariants=False)  # implicit feedback: 1 per entry
-        logits = module(binary, batch.index_tensor, state.generator)
+        logits = module(binary, batch.index_tensor, state.generator, side=self.batch_side(batch))
         if self.negative_sampling is None:
             mask = None
         else:
@@ -285,26 +316,31 @@ class CDAE(TorchRecommender):
         return masked_squared_error(self._output(logits), target, mask)
 
     # -- scoring ---------------------------------------------------------------------
-    def score_tensor(self, user_items) -> torch.Tensor:
-        """Output pre-activations (n_rows, n_items) for the given rows, each folded in (see the module docstring)."""
+    def score_tensor(self, user_items, user_features=None) -> torch.Tensor:
+        """Output pre-activations (n_rows, n_items) for the given rows, each folded in (see the module docstring);
+        ``user_features`` as :meth:`recommend`'s, for a conditional model."""
+        user_items, side = self._rows_and_side(user_items, user_features)
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
         parts = []
-        for base, vectors in self._folded_in(rows):
+        for base, vectors, batch_side in self._folded_in(rows, side):
             with torch.no_grad():
-                parts.append(module.decode(base + vectors))
+                parts.append(module.decode(base + vectors, batch_side))
         return torch.cat(parts) if parts else torch.empty(0, self.n_items_, device=device)
 
-    def user_vectors(self, user_items) -> torch.Tensor:
+    def user_vectors(self, user_items, user_features=None) -> torch.Tensor:
         """The folded-in user vectors (n_rows, hidden) of the given rows (zeros for ``fold_in="zero"``)."""
-        parts = [vectors for _, vectors in self._folded_in(self.check_user_items(user_items))]
+        user_items, side = self._rows_and_side(user_items, user_features)
+        parts = [vectors for _, vectors, _ in self._folded_in(self.check_user_items(user_items), side)]
         return torch.cat(parts) if parts else torch.empty(0, self.hidden, device=self._module_and_device()[1])
 
-    def user_embeddings(self, user_items) -> np.ndarray:
-        """The hidden layer ``h(W^T x + V_u + b)`` (n_rows, hidden) of the given rows, ``V_u`` folded in."""
+    def user_embeddings(self, user_items, user_features=None) -> np.ndarray:
+        """The hidden layer ``h(W^T x + V_u + b)`` (n_rows, hidden) of the given rows, ``V_u`` folded in (``+ S s``
+        with the rows' side features in a conditional model)."""
+        user_items, side = self._rows_and_side(user_items, user_features)
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
-        parts = [module.hidden_activation(base + vectors).detach() for base, vectors in self._folded_in(rows)]
+        parts = [module.hidden_activation(base + vectors).detach() for base, vectors, _ in self._folded_in(rows, side)]
         return (torch.cat(parts) if parts else torch.empty(0, self.hidden, device=device)).float().cpu().numpy()
 
     def item_embeddings(self, layer: str = "input") -> np.ndarray:
@@ -316,16 +352,27 @@ class CDAE(TorchRecommender):
         weight = self.module_.encoder.weight.T if layer == "input" else self.module_.decoder.weight
         return weight.detach().float().cpu().contiguous().numpy()
 
-    def _folded_in(self, rows: sp.csr_matrix):
-        """``(W^T x + b, V_u)`` for each batch of the (checked) rows, ``V_u`` folded in."""
+    def _rows_and_side(self, user_items, user_features=None):
+        """``(user_items, side)``: a frame lined up with the catalogue, and its rows' side features as a tensor
+        (None for a model that reads none), as :meth:`scoring_side` finds them."""
+        if isinstance(user_items, pd.DataFrame):
+            user_items = self.align(user_items)
+        side = self.scoring_side(user_items, user_features)
+        return user_items, None if side is None else torch.from_numpy(side)
+
+    def _folded_in(self, rows: sp.csr_matrix, side: torch.Tensor | None = None):
+        """``(W^T x + b [+ S s], V_u, s)`` for each batch of the (checked) rows and their side features ``side``
+        (None: not conditioned), ``V_u`` folded in."""
         module, device = self._module_and_device()
         for start in range(0, rows.shape[0], SCORE_BATCH):
             batch = binary_rows(rows[start:start + SCORE_BATCH])
+            batch_side = None if side is None else side[start:start + SCORE_BATCH].to(device)
             with torch.no_grad():
-                base = module.encoder(csr_to_sparse_tensor(batch, device))
-            yield base, self._fold_in(module, base, csr_to_dense_tensor(batch, device, dtype=torch.bool))
+                base = module.encode(csr_to_sparse_tensor(batch, device), batch_side)
+            observed = csr_to_dense_tensor(batch, device, dtype=torch.bool)
+            yield base, self._fold_in(module, base, observed, batch_side), batch_side
 
-    def score_known_users(self, users, user_items) -> np.ndarray:
+    def score_known_users(self, users, user_items, user_features=None) -> np.ndarray:
         """Scores (as :meth:`score`) of training users from their learned ``V_u`` instead of a fold-in.
 
         Parameters
@@ -334,7 +381,10 @@ class CDAE(TorchRecommender):
             Row indices of the training matrix, one per row of ``user_items``.
         user_items : Interactions or sparse matrix
             Those users' rows (normally their training rows).
+        user_features : optional
+            As :meth:`recommend`'s, for a conditional model (by default looked up by ``user_items``' ids).
         """
+        user_items, side = self._rows_and_side(user_items, user_features)
         rows = self.check_user_items(user_items)
         users = np.asarray(users)
         if users.ndim != 1 or len(users) != rows.shape[0] or not np.issubdtype(users.dtype, np.integer):
@@ -346,14 +396,16 @@ class CDAE(TorchRecommender):
         module, device = self._module_and_device()
         with torch.no_grad():
             vectors = module.user_embedding(torch.as_tensor(users, dtype=torch.long, device=device))
-            logits = module.decode(module.encoder(csr_to_sparse_tensor(binary_rows(rows), device)) + vectors)
+            side = None if side is None else side.to(device)
+            logits = module.decode(module.encode(csr_to_sparse_tensor(binary_rows(rows), device), side) + vectors, side)
         return logits.float().cpu().numpy()
 
     def reconstruct(self, user_items) -> np.ndarray:
         """``y^ = f(a)`` for the given rows (folded in): probabilities for the sigmoid output."""
         return self._output(self.score_tensor(user_items)).float().cpu().numpy()
 
-    def _fold_in(self, module: CDAENet, base: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    def _fold_in(self, module: CDAENet, base: torch.Tensor, observed: torch.Tensor,
+                 side: torch.Tensor | None = None) -> torch.Tensor:
         """User vectors minimising each row's part of the objective, the network frozen (see the module docstring)."""
         vectors = torch.zeros(base.shape[0], self.hidden, device=base.device)
         if self.fold_in == "zero" or base.shape[0] == 0:
@@ -364,7 +416,7 @@ class CDAE(TorchRecommender):
         optimizer = torch.optim.Adam([vectors], lr=float(self.fold_in_lr))
         with torch.enable_grad():  # callers (the evaluator, the validation hook) run under no_grad
             for _ in range(self.fold_in_steps):
-                logits = module.decode(base + vectors)
+                logits = module.decode(base + vectors, side)
                 loss = (self.item_losses(logits, observed) * weights).sum() + penalty_weight * vectors.pow(2).sum()
                 (gradient,) = torch.autograd.grad(loss, [vectors])  # the network's weights get no gradient
                 vectors.grad = gradient

@@ -19,9 +19,10 @@ from aerec.data.interactions import Interactions
 
 class UserConditioned:
     """Mixin of a :class:`~aerec.models.torch_base.TorchRecommender` whose network reads ``side`` (rows,
-    ``n_side``) beside the rows: ``fit(user_features=...)``, and the side rows of any rows it scores."""
+    ``n_side``) beside the rows: ``fit(user_features=...)``, and the side rows of any rows it scores.
 
-    #: fitted: ``user_features_`` (csr, one row per id of ``user_feature_ids_``), ``user_feature_names_``
+    Fitted: ``user_features_`` (csr, one row per id of ``user_feature_ids_``) and ``user_feature_names_``.
+    """
 
     @property
     def conditioned(self) -> bool:
@@ -48,7 +49,7 @@ class UserConditioned:
             self.__dict__.pop(name, None)
         self._train_side = None
         if getattr(self, "side_information", False):
-            self._set_feature_table(getattr(self, "_user_feature_input", None), matrix.shape[0])
+            self._set_feature_table(self.__dict__.pop("_user_feature_input", None), matrix.shape[0])
             self._train_side = torch.from_numpy(self.user_feature_rows(self._train_users, matrix.shape[0]))
         super()._fit(matrix, validation)
 
@@ -160,12 +161,5 @@ class UserConditioned:
     def validation_metric(self, validation):
         if not getattr(self, "side_information", False) or validation is None:
             return super().validation_metric(validation)
-        from aerec.evaluation import evaluate_ranking
-        from aerec.models.base import as_csr
-
-        metric = super().validation_metric(validation)  # the checks of the validation pair
-        fold_in, heldout = (as_csr(part, name) for part, name in zip(validation, ("fold_in", "heldout")))
-        side = self.user_feature_rows(self._validation_users, fold_in.shape[0])
-        k = min(100, self.n_items_)
-        return None if metric is None else (lambda module: evaluate_ranking(
-            self, fold_in, heldout, ks=(k,), metrics=("ndcg",), user_features=side).metrics[f"ndcg@{k}"])
+        return self.ranking_validation(
+            validation, side_rows=lambda n_rows: self.user_feature_rows(self._validation_users, n_rows))
