@@ -1,22 +1,29 @@
-"""User cold start on ML-100K (issue 20): the conditional Mult-VAE (``side_information=True``, u.user's age,
-gender and occupation) against popularity and the unconditional Mult-VAE, on test users with no history and
-with 1-5 items.
+"""User cold start on ML-100K (issue 20): the conditional Mult-VAE and CDAE (``side_information=True``, u.user's
+age, gender and occupation) against popularity, popularity within the user's gender, and the unconditional
+models, on test users with no history and with 1-5 items.
 
 For each split seed, vae_cf's strong generalization of ML-100K (ratings > 3.5 kept as likes, users with >= 5
-likes; 100 validation and 100 test users). Both Mult-VAEs train with vae_cf's settings (600-200-600, dropout
-0.5, beta cap 0.2, Adam 1e-3, batches of 500) for up to ``--epochs`` epochs, keeping the epoch with the best
-NDCG@100 on the validation users (their usual fold-in / held-out parts; patience 50): the only choice made, on
-validation. Then every test user's likes (fold-in and held-out together) are ranked in two settings:
+likes; 100 validation and 100 test users). Mult-VAE trains with vae_cf's settings (600-200-600, dropout 0.5,
+beta cap 0.2, Adam 1e-3, batches of 500) for up to ``--epochs`` epochs, CDAE with aerec's defaults (50 units,
+up to 100 epochs); each keeps the epoch with the best NDCG@100 on the validation users (patience 50 for
+Mult-VAE, 10 for CDAE), the only choice made, on validation. The validation users' usual fold-in / held-out
+parts judge every model, except the row "conditional Mult-VAE, cold validation", whose epoch is chosen on the
+validation users with no history (an empty fold-in, every like held out: the setting it is tested in).
+Then every test user's likes (fold-in and held-out together) are ranked in two settings:
 
-- **no history**: the model is given an empty row (the conditional one also the user's features); every like
-  is held out;
+- **no history**: the model is given an empty row (the conditional ones also the user's features); every
+  like is held out;
 - **1-5 items**: a seeded draw of k likes (k uniform in 1..5) is the fold-in, the rest held out (users with
   at least k + 1 likes).
 
-Reported: Recall@20 and NDCG@100, mean and sd over the seeds of each seed's mean, and a paired Wilcoxon test
-on the per-user values of all seeds pooled (conditional against each other model).
+"popularity by gender" ranks by the share of the training users of the test user's gender who like each
+item: the simplest use of the features, a yardstick for how much they can tell.
 
-Run from the repository root (about 10 minutes):
+Reported: Recall@20 and NDCG@100, mean and sd over the seeds of each seed's mean, and paired Wilcoxon tests
+on the per-user values of all seeds pooled (each conditional model against popularity and against the same
+model without features).
+
+Run from the repository root (about 25 minutes):
 
     AEREC_DATA_DIR=/work/shared/data .venv/bin/python evaluation/user_cold_start.py
 """
@@ -24,9 +31,11 @@ Run from the repository root (about 10 minutes):
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.stats import wilcoxon
 
 from _common import add_run_args, environment_lines, finish_run, markdown_table, mean_sd, start_run
@@ -34,11 +43,46 @@ from aerec.data import load_movielens, strong_generalization
 from aerec.data.features import load_user_features
 from aerec.data.interactions import Interactions
 from aerec.evaluation import conditioning_rows, evaluate_ranking
-from aerec.models import MultVAE, Popularity
+from aerec.models import CDAE, MultVAE, Popularity
 
 SETTINGS = ("no history", "1-5 items")
-MODELS = ("popularity", "Mult-VAE", "conditional Mult-VAE")
+MODELS = ("popularity", "popularity by gender", "Mult-VAE", "conditional Mult-VAE",
+          "conditional Mult-VAE, cold validation", "CDAE", "conditional CDAE")
+#: each conditional model, the model without features it is compared with
+UNCONDITIONED = {"conditional Mult-VAE": "Mult-VAE", "conditional Mult-VAE, cold validation": "Mult-VAE",
+                 "conditional CDAE": "CDAE"}
 METRICS = ("recall@20", "ndcg@100")
+
+
+class GenderPopularity(Popularity):
+    """Items ranked by the share of the training users of the row's gender who like them (global popularity
+    breaks ties, and ranks rows whose gender is unknown)."""
+
+    conditioned = True
+
+    def fit(self, train, features):
+        super().fit(train)
+        self.table_ = features
+        genders = features.align(train.user_ids, what="user", warn=False)
+        columns = [genders.names.index(name) for name in ("gender=F", "gender=M")]
+        likes = (train.matrix > 0).astype(np.float64)
+        self.shares_ = []
+        for column in columns:
+            members = genders.matrix[:, column].toarray().ravel() > 0
+            self.shares_.append(np.asarray(likes[members].sum(0)).ravel() / max(members.sum(), 1))
+        self.columns_ = columns
+        return self
+
+    def user_feature_rows(self, user_ids, n_rows):
+        return self.table_.align(user_ids, what="user", warn=False).matrix.toarray()[:, self.columns_]
+
+    def score_tensor(self, user_items, user_features=None):
+        base = super().score_tensor(user_items).double()
+        scores = base * 1e-9 / max(float(self.item_counts_.max()), 1.0)
+        if user_features is not None:
+            for column, share in enumerate(self.shares_):
+                scores += torch.from_numpy(user_features[:, column:column + 1] * share[None, :])
+        return scores.float() + (0 if user_features is not None else base)
 
 
 def test_parts(split, seed: int) -> dict:
@@ -70,6 +114,35 @@ def test_parts(split, seed: int) -> dict:
                           Interactions(matrix(held_rows), ids[keep], items))}
 
 
+def cold_validation(split):
+    """The validation users with no history: an empty fold-in (their ids kept), every like held out."""
+    fold_in = split.validation_fold_in
+    likes = (fold_in.matrix + split.validation_heldout.matrix).tocsr()
+    empty = sp.csr_matrix(likes.shape, dtype=np.float32)
+    return (Interactions(empty, fold_in.user_ids, fold_in.item_ids),
+            Interactions(likes, fold_in.user_ids, fold_in.item_ids))
+
+
+def fit_models(split, features, seed: int, args, log) -> dict:
+    validation = (split.validation_fold_in, split.validation_heldout)
+    models = {"popularity": Popularity().fit(split.train),
+              "popularity by gender": GenderPopularity().fit(split.train, features)}
+    trained = {
+        "Mult-VAE": (MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu"), validation),
+        "conditional Mult-VAE": (MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu",
+                                         side_information=True), validation),
+        "conditional Mult-VAE, cold validation": (MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu",
+                                                          side_information=True), cold_validation(split)),
+        "CDAE": (CDAE(seed=seed, device="cpu"), validation),
+        "conditional CDAE": (CDAE(seed=seed, device="cpu", side_information=True), validation),
+    }
+    for name, (model, chosen_on) in trained.items():
+        started = time.perf_counter()
+        models[name] = model.fit(split.train, validation=chosen_on, user_features=features)
+        log(f"seed {seed}: {name} best epoch {model.best_epoch_} ({time.perf_counter() - started:.0f} s)")
+    return models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_args(parser)
@@ -82,18 +155,15 @@ def main() -> None:
     features = load_user_features("ml-100k")
     per_seed = {s: {m: {k: [] for k in METRICS} for m in MODELS} for s in SETTINGS}
     per_user = {s: {m: {k: [] for k in METRICS} for m in MODELS} for s in SETTINGS}
-    epochs = {m: [] for m in MODELS[1:]}
+    epochs = {m: [] for m in MODELS[2:]}
     for seed in args.seeds:
         split = strong_generalization(data, n_heldout=100, seed=seed)
-        validation = (split.validation_fold_in, split.validation_heldout)
-        models = {"popularity": Popularity().fit(split.train)}
-        for name, side in (("Mult-VAE", False), ("conditional Mult-VAE", True)):
-            model = MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu", side_information=side)
-            models[name] = model.fit(split.train, validation=validation, user_features=features)
-            epochs[name].append(model.best_epoch_)
-            log(f"seed {seed}: {name} best epoch {model.best_epoch_}")
+        models = fit_models(split, features, seed, args, log)
+        for name in epochs:
+            epochs[name].append(models[name].best_epoch_)
         for setting, (fold_in, heldout) in test_parts(split, seed).items():
-            for name, model in models.items():
+            for name in MODELS:
+                model = models[name]
                 result = evaluate_ranking(model, fold_in.matrix, heldout.matrix, ks=(20, 100),
                                           user_features=conditioning_rows(model, fold_in))
                 for metric in METRICS:
@@ -107,38 +177,46 @@ def main() -> None:
         for name in MODELS:
             block[name] = {metric: {**mean_sd(per_seed[setting][name][metric]),
                                     "per_seed": per_seed[setting][name][metric]} for metric in METRICS}
-            if name != "conditional Mult-VAE":
+            for other, key in ((UNCONDITIONED.get(name), "against_unconditioned"), ("popularity", "against_popularity")):
+                if name not in UNCONDITIONED or other is None:
+                    continue
                 for metric in METRICS:
-                    mine = np.concatenate(per_user[setting]["conditional Mult-VAE"][metric])
-                    other = np.concatenate(per_user[setting][name][metric])
-                    block[name][metric]["conditional_minus_this"] = float((mine - other).mean())
-                    block[name][metric]["wilcoxon_p"] = float(wilcoxon(mine, other).pvalue) if np.any(
-                        mine != other) else 1.0
+                    mine = np.concatenate(per_user[setting][name][metric])
+                    theirs = np.concatenate(per_user[setting][other][metric])
+                    block[name][metric][key] = {
+                        "difference": float((mine - theirs).mean()),
+                        "wilcoxon_p": float(wilcoxon(mine, theirs).pvalue) if np.any(mine != theirs) else 1.0}
     print(finish_run(args.out, args.stem, record, markdown, log))
 
 
 def markdown(record: dict) -> str:
+    def against(values: dict, key: str) -> str:
+        found = values.get(key)
+        return "–" if found is None else f"{found['difference']:+.4f} (p {found['wilcoxon_p']:.2g})"
+
     rows = []
     for setting, block in record["results"].items():
         for name, values in block.items():
             cells = [setting, name]
             for metric in METRICS:
                 v = values[metric]
-                cells.append(f"{v['mean']:.4f} ± {v['sd']:.4f}")
-                cells.append("–" if "wilcoxon_p" not in v else
-                             f"{v['conditional_minus_this']:+.4f} (p {v['wilcoxon_p']:.2g})")
+                cells += [f"{v['mean']:.4f} ± {v['sd']:.4f}", against(v, "against_popularity"),
+                          against(v, "against_unconditioned")]
             rows.append(cells)
-    return f"""# User cold start on ML-100K: conditional Mult-VAE (u.user demographics)
+    header = ["setting", "model"]
+    for metric in ("Recall@20", "NDCG@100"):
+        header += [metric, "- popularity", "- without features"]
+    return f"""# User cold start on ML-100K: conditional Mult-VAE and CDAE (u.user demographics)
 
 `{record['command']}`
 
-Strong generalization of ML-100K (100 validation, 100 test users) for each of the seeds {record['seeds']};
-Mult-VAE with vae_cf's settings, up to {record['epochs']} epochs, the best validation NDCG@100 epoch kept (best
-epochs: {record['best_epochs']}). Test users' likes ranked with no history (all held out) and with 1-5 of them
-given. Mean ± sd over the seeds; "conditional - this": the mean per-user difference of the conditional model
-against the row's model, all seeds pooled, with a paired Wilcoxon test.
+{__doc__.split('Run from the repository root')[0].split(chr(10), 1)[1].strip()}
 
-{markdown_table(["setting", "model", "Recall@20", "conditional - this", "NDCG@100", "conditional - this"], rows)}
+Seeds {record['seeds']}; best epochs: {record['best_epochs']}. "- popularity" / "- without features": the mean
+per-user difference of the row's (conditional) model against popularity / the same model without features, all
+seeds pooled, with a paired Wilcoxon test's p.
+
+{markdown_table(header, rows)}
 
 {environment_lines(record['environment'], record['load_average_at_end'])}"""
 
