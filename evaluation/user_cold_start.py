@@ -87,9 +87,9 @@ class GenderPopularity(Popularity):
 
 def test_parts(split, seed: int) -> dict:
     """``{setting: (fold_in, heldout)}`` Interactions over the test users (their ids kept)."""
-    likes = (split.test_fold_in.matrix + split.test_heldout.matrix).tocsr()
+    cold = split.without_history()
+    likes = cold.test_heldout.matrix
     ids, items = split.test_fold_in.user_ids, split.test_fold_in.item_ids
-    empty = sp.csr_matrix(likes.shape, dtype=np.float32)
     rng = np.random.default_rng(seed)
     fold_rows, held_rows, keep = [], [], []
     for row in range(likes.shape[0]):
@@ -109,22 +109,14 @@ def test_parts(split, seed: int) -> dict:
                              shape=(len(rows), likes.shape[1]))
 
     keep = np.asarray(keep)
-    return {"no history": (Interactions(empty, ids, items), Interactions(likes, ids, items)),
+    return {"no history": (cold.test_fold_in, cold.test_heldout),
             "1-5 items": (Interactions(matrix(fold_rows), ids[keep], items),
                           Interactions(matrix(held_rows), ids[keep], items))}
 
 
-def cold_validation(split):
-    """The validation users with no history: an empty fold-in (their ids kept), every like held out."""
-    fold_in = split.validation_fold_in
-    likes = (fold_in.matrix + split.validation_heldout.matrix).tocsr()
-    empty = sp.csr_matrix(likes.shape, dtype=np.float32)
-    return (Interactions(empty, fold_in.user_ids, fold_in.item_ids),
-            Interactions(likes, fold_in.user_ids, fold_in.item_ids))
-
-
 def fit_models(split, features, seed: int, args, log) -> dict:
     validation = (split.validation_fold_in, split.validation_heldout)
+    cold = split.without_history()
     models = {"popularity": Popularity().fit(split.train),
               "popularity by gender": GenderPopularity().fit(split.train, features)}
     trained = {
@@ -132,7 +124,8 @@ def fit_models(split, features, seed: int, args, log) -> dict:
         "conditional Mult-VAE": (MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu",
                                          side_information=True), validation),
         "conditional Mult-VAE, cold validation": (MultVAE(epochs=args.epochs, patience=50, seed=seed, device="cpu",
-                                                          side_information=True), cold_validation(split)),
+                                                          side_information=True),
+                                                  (cold.validation_fold_in, cold.validation_heldout)),
         "CDAE": (CDAE(seed=seed, device="cpu"), validation),
         "conditional CDAE": (CDAE(seed=seed, device="cpu", side_information=True), validation),
     }

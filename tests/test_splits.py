@@ -196,3 +196,19 @@ def test_strong_generalization_users_are_disjoint_and_80_20(ml100k):
         np.testing.assert_array_equal(n_out, np.where(total >= 5, (0.2 * total).astype(int), 0))
         assert (fold_in.matrix.multiply(heldout.matrix)).nnz == 0
     assert split.summary()["train_users"] == 738
+
+
+def test_without_history_holds_out_every_interaction_of_the_same_held_out_users(ml100k):
+    split = strong_generalization(ml100k, n_heldout=100, seed=98765)
+    cold = split.without_history()
+    assert cold.train is split.train
+    for fold_in, heldout, was_in, was_out in ((cold.validation_fold_in, cold.validation_heldout,
+                                               split.validation_fold_in, split.validation_heldout),
+                                              (cold.test_fold_in, cold.test_heldout, split.test_fold_in,
+                                               split.test_heldout)):
+        assert fold_in.nnz == 0 and fold_in.shape == was_in.shape
+        assert (heldout.matrix != (was_in.matrix + was_out.matrix)).nnz == 0
+        assert heldout.user_ids.tolist() == fold_in.user_ids.tolist() == was_in.user_ids.tolist()
+        assert heldout.item_ids.tolist() == was_in.item_ids.tolist()
+    assert cold.summary()["test_fold_in"] == 0
+    assert cold.summary()["test_heldout"] == split.test_fold_in.nnz + split.test_heldout.nnz

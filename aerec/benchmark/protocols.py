@@ -3,6 +3,9 @@
 - ``strong``: vae_cf's strong generalization (:func:`aerec.data.strong_generalization`): the
   model trains on the training users; validation and test users are held out whole, each with
   a fold-in part given to the model and a held-out part it ranks.
+- ``strong_cold``: the same users with no history (user cold start,
+  :meth:`~aerec.data.splits.StrongSplit.without_history`): every interaction of a validation or
+  test user is held out and ranked from an empty row (a conditional model reads their features).
 - ``per_user``: part of every user's interactions held out (:func:`aerec.data.per_user_holdout`,
   at random or the latest by time), a part of the rest for validation; the model trains on the
   rest. Validation ranks the validation part from the training part; test ranks the test part
@@ -55,13 +58,15 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
     """The seeded split of the spec's protocol for one dataset (the same arguments give the same split)."""
     params = dict(spec.protocol.params)
     name = spec.protocol.name
-    if name == "strong":
+    if name in ("strong", "strong_cold"):
         n_heldout = params.pop("n_heldout") or STRONG_N_HELDOUT.get(dataset.name)
         if n_heldout is None:
             raise SpecError(f"{spec.source} [protocol]: n_heldout is needed for the dataset {dataset.name!r}")
         if np.all(data.matrix.data == 1.0):  # already binary (a click file, or binarize in the dataset's entry)
             params["threshold"] = None
         split = strong_generalization(data, int(n_heldout), seed=int(seed), **params)
+        if name == "strong_cold":
+            split = split.without_history()
         return CellData(split, split.train, (split.validation_fold_in, split.validation_heldout),
                         (split.test_fold_in.matrix, split.test_heldout.matrix), split.test_fold_in.user_ids,
                         side_features(dataset))

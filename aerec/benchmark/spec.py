@@ -8,7 +8,7 @@ The same structure either way (``tomllib`` reads the file)::
     baseline = "ease"                          # the named baseline of the paired tests (a model label)
 
     [protocol]
-    name = "strong"                            # strong | per_user | temporal | ratings
+    name = "strong"                            # strong | strong_cold | per_user | temporal | ratings | item_cold | user_cold
     n_heldout = 100
 
     [tuning]
@@ -54,6 +54,7 @@ RATING_METRICS = ("rmse", "mae")
 #: Protocols and the keys each takes (with their defaults); "ratings" is the explicit-feedback one.
 PROTOCOLS = {
     "strong": {"n_heldout": None, "heldout_fraction": 0.2, "threshold": 3.5, "min_user_count": 5},
+    "strong_cold": {"n_heldout": None, "heldout_fraction": 0.2, "threshold": 3.5, "min_user_count": 5},
     "per_user": {"test_fraction": 0.2, "validation_fraction": 0.1, "by": "random"},
     "temporal": {"test_fraction": 0.2, "validation_fraction": 0.1},
     "ratings": {"test_fraction": 0.1, "validation_fraction": 0.1},

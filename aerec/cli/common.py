@@ -27,7 +27,7 @@ from aerec.data import (
 from aerec.data.datasets import DEFAULT_DATASET, STRONG_N_HELDOUT
 from aerec.state import process_alive
 
-PROTOCOLS = ("strong", "per-user", "ratings", "item-cold", "user-cold")
+PROTOCOLS = ("strong", "strong-cold", "per-user", "ratings", "item-cold", "user-cold")
 #: The protocols that hold out ratings (RMSE of a rating model); the others rank items.
 RATING_PROTOCOLS = ("ratings", "item-cold", "user-cold")
 DEFAULT_SEED = 98765
@@ -71,7 +71,8 @@ def add_dataset_arguments(parser, defaults_from_model: bool = False) -> None:
     parser.add_argument("--data-dir", help="parent folder of the dataset folders (default: $AEREC_DATA_DIR)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None if defaults_from_model else "strong",
                         help="strong: ratings > 3.5 kept (data without ratings kept as it is), held-out users with "
-                             "80/20 fold-in (Liang et al. 2018); per-user: 20%% of each user's items held out; "
+                             "80/20 fold-in (Liang et al. 2018); strong-cold: the same held-out users with no "
+                             "history, every item of theirs ranked (user cold start); per-user: 20%% of each user's items held out; "
                              "ratings: random 90/10 split of the ratings (AutoRec); item-cold / user-cold: every "
                              "rating of 10%% of the items / users held out for test and of another 10%% for "
                              "validation (cold start; a model sees their side features only)" + recorded)
@@ -316,11 +317,13 @@ class Split:
 
 def make_split(data: Interactions, protocol: str, seed: int, n_heldout: int | None, dataset: str) -> Split:
     """The seeded split of ``protocol`` (see ``--protocol``); the same arguments give the same split."""
-    if protocol == "strong":
+    if protocol in ("strong", "strong-cold"):
         n_heldout = n_heldout or STRONG_N_HELDOUT.get(str(dataset), max(1, data.n_users // 10))
         implicit = bool(np.all(data.matrix.data == 1.0))  # no ratings to binarize (e.g. a file without a rating column)
         threshold = None if implicit else 3.5
         split = strong_generalization(data, n_heldout=n_heldout, seed=seed, threshold=threshold)
+        if protocol == "strong-cold":
+            split = split.without_history()
         return Split(protocol, seed, n_heldout, split.train, (split.validation_fold_in, split.validation_heldout),
                      (split.test_fold_in.matrix, split.test_heldout.matrix), split.summary(), threshold,
                      split.test_fold_in.user_ids)

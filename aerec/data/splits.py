@@ -6,7 +6,9 @@
   interactions, chosen at random or the latest by timestamp.
 - :func:`temporal_holdout`: the latest fraction of all interactions.
 - :func:`strong_generalization`: whole held-out users with fold-in, exactly as
-  the preprocessing of Liang et al. 2018 (dawenl/vae_cf).
+  the preprocessing of Liang et al. 2018 (dawenl/vae_cf);
+  :meth:`StrongSplit.without_history` gives the same users with no history
+  (user cold start, ranked from side features alone).
 
 Every split of one dataset has the same users x items shape, so a model fitted
 on ``train`` ranks and predicts ``test`` rows without remapping.
@@ -14,9 +16,10 @@ on ``train`` ranks and predicts ``test`` rows without remapping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import scipy.sparse as sp
 
 from aerec.data.interactions import Interactions
 from aerec.data.preprocess import binarize, filter_min_counts
@@ -65,6 +68,23 @@ class StrongSplit:
             "test_fold_in": self.test_fold_in.nnz,
             "test_heldout": self.test_heldout.nnz,
         }
+
+    def without_history(self) -> "StrongSplit":
+        """The same split with the validation and test users' fold-in parts emptied and every one of their
+        interactions held out: user cold start, each held-out user ranked with no history (a conditional model
+        from their side features alone)."""
+        return replace(self, **dict(zip(
+            ("validation_fold_in", "validation_heldout", "test_fold_in", "test_heldout"),
+            (*_all_held_out(self.validation_fold_in, self.validation_heldout),
+             *_all_held_out(self.test_fold_in, self.test_heldout)))))
+
+
+def _all_held_out(fold_in: Interactions, heldout: Interactions) -> tuple[Interactions, Interactions]:
+    """``(empty fold-in, fold-in + held-out)`` of the same users (ids kept)."""
+    everything = (fold_in.matrix + heldout.matrix).tocsr()
+    empty = sp.csr_matrix(everything.shape, dtype=everything.dtype)
+    return (Interactions(empty, fold_in.user_ids, fold_in.item_ids),
+            Interactions(everything, fold_in.user_ids, fold_in.item_ids))
 
 
 def random_holdout(interactions: Interactions, test_fraction: float = 0.1, validation_fraction: float = 0.0, seed: int = 0) -> HoldoutSplit:
