@@ -38,7 +38,8 @@ import torch
 from aerec._torch import check_device_available, resolve_device
 from aerec._version import __version__
 from aerec.core.variational import ConstantBeta, LinearAnneal
-from aerec.state import ModuleWeights, StateFileError, read_state, write_state
+from aerec.state import ModuleWeights, StateFileError, TensorRef, close_tensor_files, fill_module, read_state, \
+    write_state
 from aerec.training_state import History, check_history
 
 KIND = "config"
@@ -78,11 +79,20 @@ def save(model, path: str | os.PathLike, metadata: dict | None = None) -> Path:
 
 def load(path: str | os.PathLike, device: str | None = None):
     """Rebuild the model saved in directory ``path``; ``device`` ("cpu", "cuda", "auto") overrides the saved one."""
-    from aerec.models import MODELS, make_model
-
     if device is not None:
         check_device_available(resolve_device(device), "device")
-    document, state = read_state(path, KIND, {"format": FORMAT, "format_version": FORMAT_VERSION}, SAVED_CLASSES)
+    # the networks' weights are read when each network is filled (restore), straight into it
+    document, state = read_state(path, KIND, {"format": FORMAT, "format_version": FORMAT_VERSION}, SAVED_CLASSES,
+                                 lazy_modules=True)
+    try:
+        return _load(path, device, document, state)
+    finally:
+        close_tensor_files(state)
+
+
+def _load(path, device, document: dict, state):
+    from aerec.models import MODELS, make_model
+
     name = document.get("model")
     if not isinstance(name, str) or name not in MODELS or document.get("class") != MODELS[name].__name__:
         raise StateFileError(f"{path} holds model {name!r} (class {document.get('class')!r}); this aerec knows "
@@ -138,10 +148,11 @@ def restore(model, fitted: dict, device: str | None, where: str) -> None:
         model.restore_fitted_state(plain)
         for name, weights in modules.items():
             check_module_shapes(model, name, weights, where)
-            module = model.new_module()  # drawn from the model's own generator: the caller's stream stays
-            module.load_state_dict(weights.state_dict, strict=True)
+            with torch.device("meta"):  # nothing allocated nor drawn: every weight comes from the file
+                module = model.new_module()
+            fill_module(module, weights.state_dict)
             setattr(model, name, module.to(getattr(model, "device_", "cpu")).eval())
-    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise StateFileError(f"{where} does not match a {type(model).__name__} with its saved hyper-parameters: "
                              f"{' '.join(str(exc).split())[:500]}") from exc
     for name, value in plain.items():
@@ -181,13 +192,14 @@ def check_numbers(model, plain: dict, modules: dict, where: str) -> None:
     for name, weights in modules.items():
         if isinstance(weights.state_dict, dict):
             arrays.update({f"{name} weight {key!r}": (str(value.dtype).removeprefix("torch."), value)
-                           for key, value in weights.state_dict.items() if isinstance(value, torch.Tensor)})
+                           for key, value in weights.state_dict.items()
+                           if isinstance(value, (torch.Tensor, TensorRef))})
     for name, (dtype, value) in arrays.items():
         expected = "float32" if " weight " in name else type(model).fitted_dtypes.get(name.split("[")[0], "float32")
         if dtype != expected:
             raise StateFileError(f"{where} holds {name} as {dtype}; a {type(model).__name__} saves {expected} "
                                  "(refused rather than cast)")
-        if dtype.startswith("float") and not all_finite(value):
+        if dtype.startswith("float") and not (value.all_finite() if isinstance(value, TensorRef) else all_finite(value)):
             raise StateFileError(f"{where} holds {name} with values that are not finite (NaN or infinity)")
 
 

@@ -25,6 +25,12 @@ refers to any more are removed after the commit.
   its first bytes, before any parsing);
 - safetensors' own header.
 
+The tensors are then read with plain reads from the file that was checked (one open descriptor: a save that
+replaces the file meanwhile cannot mix two states), each into memory of its own: nothing stays mapped from
+the file. With ``lazy_modules=True`` a module's weights are not read at all until
+:func:`fill_module` reads each one straight into the network it belongs to, so loading a model holds its
+weights once (peak: one copy plus one tensor; reading the whole file first held them three times).
+
 Problems are a :class:`StateFileError` (a ``ValueError``) naming the file and
 what was expected.
 """
@@ -179,15 +185,19 @@ def _add_tensor(tensors: dict, name: str, tensor: torch.Tensor) -> str:
     return name
 
 
-def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], where: str = "state"):
-    """Rebuild what :func:`flatten` took apart; unknown markers, tensors or dataclasses are a StateFileError."""
+def unflatten(skeleton, tensors, dataclasses_allowed: dict[str, type], where: str = "state",
+              lazy_modules: bool = False, _in_module: bool = False):
+    """Rebuild what :func:`flatten` took apart; unknown markers, tensors or dataclasses are a StateFileError.
+
+    ``tensors``: a dict of tensors, or a :class:`TensorFile` (read on demand); with ``lazy_modules`` a module's
+    tensors stay :class:`TensorRef`."""
     if isinstance(skeleton, list):
-        return [unflatten(item, tensors, dataclasses_allowed, where) for item in skeleton]
+        return [unflatten(item, tensors, dataclasses_allowed, where, lazy_modules, _in_module) for item in skeleton]
     if not isinstance(skeleton, dict):
         return skeleton
-    rebuild = lambda item: unflatten(item, tensors, dataclasses_allowed, where)  # noqa: E731
+    rebuild = lambda item: unflatten(item, tensors, dataclasses_allowed, where, lazy_modules, _in_module)  # noqa: E731
     if TENSOR in skeleton:
-        return _tensor(tensors, skeleton[TENSOR], where)
+        return _tensor(tensors, skeleton[TENSOR], where, lazy=lazy_modules and _in_module)
     if ARRAY in skeleton:
         return _array(_tensor(tensors, skeleton[ARRAY], where), where)
     if LIST_ARRAY in skeleton:
@@ -199,7 +209,7 @@ def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], whe
     if CSR in skeleton:
         return _csr(rebuild(skeleton[CSR]), where)
     if MODULE in skeleton:
-        return ModuleWeights(rebuild(skeleton[MODULE]))
+        return ModuleWeights(unflatten(skeleton[MODULE], tensors, dataclasses_allowed, where, lazy_modules, True))
     if DEVICE in skeleton:
         return _device(skeleton[DEVICE], where)
     if DATACLASS in skeleton:
@@ -214,9 +224,11 @@ def unflatten(skeleton, tensors: dict, dataclasses_allowed: dict[str, type], whe
     return {key: rebuild(item) for key, item in skeleton.items()}
 
 
-def _tensor(tensors: dict, name, where: str) -> torch.Tensor:
+def _tensor(tensors, name, where: str, lazy: bool = False):
     if not isinstance(name, str) or name not in tensors:
         raise StateFileError(f"{where} refers to tensor {name!r}, which its tensor file does not hold")
+    if isinstance(tensors, TensorFile):
+        return tensors.ref(name) if lazy else tensors.read(name)
     return tensors[name]
 
 
@@ -341,10 +353,11 @@ def _remove_unreferenced(directory: Path, keep: str) -> None:
 
 
 def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int],
-               dataclasses_allowed: dict[str, type]) -> tuple[dict, object]:
+               dataclasses_allowed: dict[str, type], lazy_modules: bool = False) -> tuple[dict, object]:
     """The header and the rebuilt state of ``directory/<kind>.json``, after every check (module docstring).
 
     ``versions`` maps header keys to the value this aerec reads (e.g. ``{"format": ..., "format_version": 1}``).
+    ``lazy_modules``: modules' weights come as :class:`TensorRef` (read by :func:`fill_module`), not tensors.
     """
     directory = Path(directory)
     document_path = directory / f"{kind}.json"
@@ -360,7 +373,8 @@ def read_state(directory: str | os.PathLike, kind: str, versions: dict[str, int]
         version = _file_version(document_path)
         document = read_json(document_path)
         try:
-            return document, _read_document_state(directory, document, document_path, versions, dataclasses_allowed)
+            return document, _read_document_state(directory, document, document_path, versions, dataclasses_allowed,
+                                                  lazy_modules)
         except StateFileError:
             # a save committed a new document meanwhile (a new file: the commit is a rename) and removed the tensor
             # file this one names: read the new one
@@ -382,7 +396,7 @@ def _file_version(path: Path):
 
 
 def _read_document_state(directory: Path, document: dict, document_path: Path, versions: dict,
-                         dataclasses_allowed: dict):
+                         dataclasses_allowed: dict, lazy_modules: bool = False):
     for key, expected in versions.items():
         if document.get(key) != expected:
             raise StateFileError(f"{document_path} has {key}={document.get(key)!r}; this aerec reads {key}={expected!r} "
@@ -390,13 +404,20 @@ def _read_document_state(directory: Path, document: dict, document_path: Path, v
     tensors = read_tensor_file(directory, document.get("tensors"), document_path)
     shapes = document.get("shapes", {})
     if not isinstance(shapes, dict):
+        tensors.close()
         raise StateFileError(f"{document_path} has 'shapes' of type {type(shapes).__name__}; expected an object "
                              "mapping tensor names to shapes")
-    for name, tensor in tensors.items():
-        if shapes.get(name) != list(tensor.shape):
+    for name in tensors.names():
+        if shapes.get(name) != list(tensors.shape(name)):
+            tensors.close()
             raise StateFileError(f"{document_path} expects tensor {name!r} of shape {shapes.get(name)}; "
-                                 f"the tensor file holds {list(tensor.shape)}")
-    return unflatten(document.get("state"), tensors, dataclasses_allowed, where=str(document_path))
+                                 f"the tensor file holds {list(tensors.shape(name))}")
+    try:
+        return unflatten(document.get("state"), tensors, dataclasses_allowed, where=str(document_path),
+                         lazy_modules=lazy_modules)
+    finally:
+        if not tensors.refs_made:
+            tensors.close()  # every tensor read (references left to read close it when the modules are filled)
 
 
 def read_json(path: Path) -> dict:
@@ -432,33 +453,208 @@ def json_depth(value) -> int:
     return deepest
 
 
-def read_tensor_file(directory: Path, entry, document_path: Path) -> dict:
-    """The tensors of the file ``entry`` names, after the size, checksum and layout checks."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+#: safetensors' dtype names, as torch's dtypes (those aerec saves and a few more a file may hold).
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+_READ_BLOCK = 1 << 30  # bytes per read call (Linux returns at most about 2 GiB from one read)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+    """A tensor of a :class:`TensorFile` not read yet: its dtype and shape, :meth:`read` it when needed."""
+
+    file: "TensorFile"
+    name: str
+    dtype: torch.dtype
+    shape: tuple
+
+    def read(self) -> torch.Tensor:
+        return self.file.read(self.name)
+
+    def all_finite(self) -> bool:
+        """Whether every value is finite, read a block at a time (never the whole tensor at once)."""
+        return all(bool(torch.isfinite(block).all()) for _, block in self.file.blocks(self.name))
+
+
+class TensorFile:
+    """The tensors of a checked safetensors file, read one at a time from the descriptor that was checked.
+
+    Each :meth:`read` fills fresh memory with plain reads (no memory map stays behind); :meth:`read_into` fills
+    a given tensor. The descriptor is closed by :meth:`close` (or when the object goes).
+    """
+
+    def __init__(self, path: Path, handle, entries: dict):
+        self.path, self._handle, self.entries = path, handle, entries  # name -> (dtype, shape, offset, nbytes)
+        self.refs_made = 0
+
+    def __contains__(self, name) -> bool:
+        return name in self.entries
+
+    def names(self) -> list:
+        return list(self.entries)
+
+    def shape(self, name: str) -> tuple:
+        return self.entries[name][1]
+
+    def ref(self, name: str) -> TensorRef:
+        dtype, shape, _, _ = self.entries[name]
+        self.refs_made += 1
+        return TensorRef(self, name, dtype, shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        dtype, shape, _, _ = self.entries[name]
+        tensor = torch.empty(shape, dtype=dtype)
+        self.read_into(name, tensor)
+        return tensor
+
+    def read_into(self, name: str, destination: torch.Tensor) -> None:
+        """Fill ``destination`` (a CPU tensor of the entry's dtype and shape, any strides) with the entry; a
+        destination laid out otherwise than the file (e.g. a transposed weight) is filled a block of rows at a time."""
+        dtype, shape, _, _ = self.entries[name]
+        if destination.dtype != dtype or tuple(destination.shape) != shape or destination.device.type != "cpu":
+            raise ValueError(f"tensor {name!r} is {dtype} of shape {list(shape)}; cannot read it into a "
+                             f"{destination.dtype} tensor of shape {list(destination.shape)} on {destination.device}")
+        if destination.is_contiguous():
+            self._read_bytes(name, destination.view(-1), 0)
+            return
+        for start, block in self.blocks(name):
+            rows = block.shape[0]
+            destination[start:start + rows].copy_(block)
+
+    def blocks(self, name: str, block_bytes: int = 1 << 22):
+        """``(first row, rows)`` of the entry, read about ``block_bytes`` at a time into one reused buffer (a
+        tensor of one or no dimension comes whole)."""
+        dtype, shape, _, _ = self.entries[name]
+        if len(shape) < 1 or shape[0] == 0:
+            yield 0, self.read(name)
+            return
+        row_elements = int(np.prod(shape[1:], dtype=np.int64))
+        row_bytes = max(row_elements * torch.empty(0, dtype=dtype).element_size(), 1)
+        step = max(1, block_bytes // row_bytes)
+        buffer = torch.empty((min(step, shape[0]), *shape[1:]), dtype=dtype)
+        for start in range(0, shape[0], step):
+            block = buffer[:min(step, shape[0] - start)]
+            self._read_bytes(name, block.reshape(-1), start * row_elements)
+            yield start, block
+
+    def _read_bytes(self, name: str, flat: torch.Tensor, first_element: int) -> None:
+        """Read ``flat.numel()`` elements of the entry from element ``first_element`` on into contiguous ``flat``."""
+        dtype, _, offset, _ = self.entries[name]
+        size = flat.element_size()
+        nbytes, at = flat.numel() * size, offset + first_element * size
+        if not nbytes:
+            return
+        buffer = memoryview(flat.view(torch.uint8).numpy()).cast("B")
+        done = 0
+        while done < nbytes:
+            got = os.preadv(self._handle.fileno(), [buffer[done:done + min(_READ_BLOCK, nbytes - done)]], at + done)
+            if got <= 0:
+                raise StateFileError(f"{self.path} ended while reading tensor {name!r}: truncated")
+            done += got
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_tensor_file(directory: Path, entry, document_path: Path) -> TensorFile:
+    """The tensors of the file ``entry`` names (read on demand), after the size, checksum and layout checks."""
+    from safetensors import SafetensorError, safe_open
 
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
         raise StateFileError(f"{document_path} names no tensor file; expected a 'tensors' entry with a 'file'")
     path = directory / entry["file"]
+    handle = None
     try:
         if Path(entry["file"]).name != entry["file"] or not path.is_file():
             raise StateFileError(f"{document_path} names tensor file {entry['file']!r}, which is not in {directory}")
-        size = path.stat().st_size
-        if size != entry.get("bytes") or sha256_of_file(path) != entry.get("sha256"):
+        handle = open(path, "rb")  # every check and read below goes through this one descriptor
+        size = os.fstat(handle.fileno()).st_size
+        if size != entry.get("bytes") or hashlib.file_digest(handle, "sha256").hexdigest() != entry.get("sha256"):
             raise StateFileError(f"{path} is {size} bytes with another checksum than {document_path} records "
                                  f"({entry.get('bytes')} bytes, sha256 {entry.get('sha256')}): damaged or replaced")
-        with open(path, "rb") as handle:
-            start = handle.read(9)
+        start = os.pread(handle.fileno(), 9, 0)
+        if not looks_like_safetensors(start, size):
+            raise StateFileError(f"{path} is {what_file_is(start)}, not a safetensors file; aerec reads only "
+                                 "safetensors (which cannot run code) and refused it without reading further")
+        try:  # safetensors' own checks of the header (it maps the file; only the header is touched)
+            with safe_open(f"/proc/self/fd/{handle.fileno()}" if Path("/proc/self/fd").is_dir() else path,
+                           framework="pt") as opened:
+                names = list(opened.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise StateFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+        header_bytes = int.from_bytes(start[:8], "little")
+        header = json.loads(os.pread(handle.fileno(), header_bytes, 8))
+        entries = {}
+        for name in names:
+            spec = header[name]
+            dtype = SAFETENSORS_DTYPES.get(spec.get("dtype"))
+            if dtype is None:
+                raise StateFileError(f"{path} holds tensor {name!r} of dtype {spec.get('dtype')!r}; aerec reads "
+                                     f"{sorted(SAFETENSORS_DTYPES)}")
+            begin, end = spec["data_offsets"]
+            entries[name] = (dtype, tuple(int(n) for n in spec["shape"]), 8 + header_bytes + int(begin),
+                             int(end) - int(begin))
+        tensors, handle = TensorFile(path, handle, entries), None
+        return tensors
     except OSError as exc:  # e.g. a file name longer than the file system allows
         raise StateFileError(f"{document_path} names tensor file {entry['file'][:100]!r}, which cannot be read: "
                              f"{exc.strerror}") from exc
-    if not looks_like_safetensors(start, size):
-        raise StateFileError(f"{path} is {what_file_is(start)}, not a safetensors file; aerec reads only safetensors "
-                             "(which cannot run code) and refused it without reading further")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise StateFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def fill_module(module: torch.nn.Module, weights: dict) -> torch.nn.Module:
+    """Give ``module``, built on the "meta" device, the saved ``weights`` (``{name: TensorRef or tensor}``, every
+    name of its state dict): each is read straight into CPU memory laid out as the network lays it out (its
+    strides), one at a time; a tensor registered under two names (tied weights) is read once and stays one
+    tensor. Names, dtypes and shapes that differ are a ValueError / KeyError."""
+    expected = module.state_dict(keep_vars=True)
+    if set(expected) != set(weights):
+        odd = sorted(set(expected) ^ set(weights), key=str)[0]
+        raise KeyError(f"weight {odd!r} is {'missing' if odd in expected else 'not in the network'}")
+    made = {}
+    for prefix, owner in module.named_modules(remove_duplicate=False):
+        for slots, is_parameter in ((owner._parameters, True), (owner._buffers, False)):
+            for local, old in list(slots.items()):
+                name = f"{prefix}.{local}" if prefix else local
+                if old is None or name not in weights:
+                    continue
+                if id(old) not in made:
+                    new = torch.empty_strided(tuple(old.shape), old.stride(), dtype=old.dtype, device="cpu")
+                    source = weights[name]
+                    if isinstance(source, TensorRef):
+                        source.file.read_into(source.name, new)
+                    else:
+                        if source.dtype != old.dtype or source.shape != old.shape:
+                            raise ValueError(f"weight {name!r} is {source.dtype} of shape {list(source.shape)}; the "
+                                             f"network's is {old.dtype} of shape {list(old.shape)}")
+                        new.copy_(source)
+                    made[id(old)] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if is_parameter else new
+                slots[local] = made[id(old)]
+    still_meta = [name for name, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
+    still_meta += [name for name, tensor in module.named_buffers() if tensor.is_meta]
+    if still_meta:
+        raise ValueError(f"weight {still_meta[0]!r} was not given a value")
+    return module
+
+
+def close_tensor_files(value) -> None:
+    """Close the tensor files that the :class:`TensorRef` in ``value`` (nested dicts, lists, ModuleWeights) read."""
+    stack, files = [value], {}
+    while stack:
+        item = stack.pop()
+        if isinstance(item, TensorRef):
+            files[id(item.file)] = item.file
+        elif isinstance(item, ModuleWeights):
+            stack.append(item.state_dict)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    for file in files.values():
+        file.close()
 
 
 def looks_like_safetensors(start: bytes, size: int) -> bool:
