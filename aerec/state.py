@@ -29,7 +29,7 @@ The tensors are then read with plain reads from the file that was checked (one o
 replaces the file meanwhile cannot mix two states), each into memory of its own: nothing stays mapped from
 the file. With ``lazy_modules=True`` a module's weights are not read at all until
 :func:`fill_module` reads each one straight into the network it belongs to, so loading a model holds its
-weights once (peak: one copy plus one tensor; reading the whole file first held them three times).
+weights once (plus a few MiB of rows being read; reading the whole file first held them three times).
 
 Problems are a :class:`StateFileError` (a ``ValueError``) naming the file and
 what was expected.
