@@ -570,7 +570,7 @@ def read_tensor_file(directory: Path, entry, document_path: Path) -> TensorFile:
             raise StateFileError(f"{document_path} names tensor file {entry['file']!r}, which is not in {directory}")
         handle = open(path, "rb")  # every check and read below goes through this one descriptor
         size = os.fstat(handle.fileno()).st_size
-        if size != entry.get("bytes") or hashlib.file_digest(handle, "sha256").hexdigest() != entry.get("sha256"):
+        if size != entry.get("bytes") or sha256_of_handle(handle) != entry.get("sha256"):
             raise StateFileError(f"{path} is {size} bytes with another checksum than {document_path} records "
                                  f"({entry.get('bytes')} bytes, sha256 {entry.get('sha256')}): damaged or replaced")
         start = os.pread(handle.fileno(), 9, 0)
@@ -672,10 +672,15 @@ def what_file_is(start: bytes) -> str:
 
 
 def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
+        return sha256_of_handle(handle)
+
+
+def sha256_of_handle(handle) -> str:
+    """The SHA-256 of what an open binary file holds from its position on (Python 3.10 has no file_digest)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(2**20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
