@@ -18,6 +18,10 @@ Baselines that know nothing of the cold item: the global mean, and mu + b_u (the
 Predictions are clipped to the rating range (``clip=True``) for every CFN; I-AutoRec clips too.
 Mean ± sample sd over the seeds.
 
+The results files are written after every case (a dataset and seed); the same command again reads them and
+runs only the cases they do not hold (with the same grid, epochs and patience), so a long run can be split
+over several sittings. ML-100K's ratings and cold-start cases run first, then ml-latest-small's.
+
 Run from the repository root:
 
     AEREC_DATA_DIR=/work/shared/data .venv/bin/python evaluation/cfn_ratings.py
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -118,6 +123,8 @@ def markdown(record: dict) -> str:
     rows = []
     for dataset in record["datasets"]:
         cases = [c for c in record["ratings"] if c["dataset"] == dataset]
+        if not cases:
+            continue
         for label in VARIANTS:
             rows.append([dataset, label, format_mean_sd(mean_sd([c[label]["test_rmse"] for c in cases])),
                          ", ".join(str(c[label]["epochs"]) for c in cases),
@@ -136,7 +143,8 @@ def markdown(record: dict) -> str:
     cold = markdown_table(["model", "cold-item test RMSE", "epochs per seed"], cold_rows) if cold_rows else ""
     return f"""# CFN rating prediction (Strub et al.), with and without side information
 
-Command (from the repository root, total {record['runtime_seconds']:.0f} s, {record['threads']} thread(s)):
+Command (from the repository root; the cases took {sum(c.get('seconds', 0) for c in record['ratings'] + record['cold']):.0f} s in all,
+{record['threads']} thread(s)):
 
 ```
 {record['command']}
@@ -156,6 +164,19 @@ patience {record['patience']}.
 {environment_lines(record['environment'], record['load_average_at_end'])}"""
 
 
+def earlier_cases(out_dir, record: dict) -> dict:
+    """The cases of an earlier run of the same settings (its results file), keyed as :func:`main` keys them."""
+    path = (Path(out_dir) if out_dir else RESULTS_DIR) / "cfn_ratings.json"
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    if any(stored.get(key) != record[key] for key in ("grid", "max_epochs", "patience")):
+        return {}
+    found = {("ratings", c["dataset"], c["seed"]): c for c in stored.get("ratings", [])}
+    found.update({("cold", "ml-100k", c["seed"]): c for c in stored.get("cold", [])})
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
@@ -168,10 +189,24 @@ def main() -> None:
     args.grid = list(GRID)
     log, record = start_run(args.threads)
     record.update(datasets=args.datasets, seeds=args.seeds, grid=args.grid, max_epochs=args.max_epochs,
-                  patience=args.patience)
-    record["ratings"] = [ratings_case(dataset, seed, args, log) for dataset in args.datasets for seed in args.seeds]
-    record["cold"] = [] if args.no_cold else [cold_case(seed, args, log) for seed in args.seeds]
-    print(finish_run(args.out, "cfn_ratings", record, markdown, log))
+                  patience=args.patience, ratings=[], cold=[])
+    done = earlier_cases(args.out, record)
+    cases = [("ratings", "ml-100k", seed) for seed in args.seeds if "ml-100k" in args.datasets]
+    cases += [] if args.no_cold else [("cold", "ml-100k", seed) for seed in args.seeds]
+    cases += [("ratings", dataset, seed) for dataset in args.datasets if dataset != "ml-100k" for seed in args.seeds]
+    text = ""
+    for key in cases:
+        kind, dataset, seed = key
+        if key in done:
+            log(f"{kind} {dataset} seed {seed}: read from the earlier results")
+            result = done[key]
+        else:
+            started = time.perf_counter()
+            result = ratings_case(dataset, seed, args, log) if kind == "ratings" else cold_case(seed, args, log)
+            result["seconds"] = time.perf_counter() - started
+        record["ratings" if kind == "ratings" else "cold"].append(result)
+        text = finish_run(args.out, "cfn_ratings", record, markdown, log)
+    print(text)
 
 
 if __name__ == "__main__":
