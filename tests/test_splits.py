@@ -212,3 +212,22 @@ def test_without_history_holds_out_every_interaction_of_the_same_held_out_users(
         assert heldout.item_ids.tolist() == was_in.item_ids.tolist()
     assert cold.summary()["test_fold_in"] == 0
     assert cold.summary()["test_heldout"] == split.test_fold_in.nnz + split.test_heldout.nnz
+
+
+def test_with_short_history_gives_each_held_out_user_one_to_five_items_and_holds_out_the_rest(ml100k):
+    split = strong_generalization(ml100k, n_heldout=100, seed=98765)
+    short = split.with_short_history(5, seed=3)
+    assert short.train is split.train
+    for given, rest, was_in, was_out in ((short.validation_fold_in, short.validation_heldout,
+                                          split.validation_fold_in, split.validation_heldout),
+                                         (short.test_fold_in, short.test_heldout, split.test_fold_in,
+                                          split.test_heldout)):
+        counts = np.diff(given.matrix.indptr)
+        assert counts.min() >= 1 and counts.max() <= 5 and len(set(counts)) == 5  # k drawn in 1..5
+        assert (given.matrix + rest.matrix != was_in.matrix + was_out.matrix).nnz == 0  # nothing lost or added
+        assert given.matrix.multiply(rest.matrix).nnz == 0 and np.diff(rest.matrix.indptr).min() >= 1
+        assert given.user_ids.tolist() == rest.user_ids.tolist() == was_in.user_ids.tolist()
+    again = split.with_short_history(5, seed=3)
+    assert (again.test_fold_in.matrix != short.test_fold_in.matrix).nnz == 0  # seeded
+    with pytest.raises(ValueError, match="longest=0; expected a positive number of items"):
+        split.with_short_history(0)

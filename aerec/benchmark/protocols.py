@@ -6,6 +6,9 @@
 - ``strong_cold``: the same users with no history (user cold start,
   :meth:`~aerec.data.splits.StrongSplit.without_history`): every interaction of a validation or
   test user is held out and ranked from an empty row (a conditional model reads their features).
+- ``strong_short``: the same users with short histories
+  (:meth:`~aerec.data.splits.StrongSplit.with_short_history`): each is given 1 to ``longest``
+  of their interactions (drawn with the split's seed), the rest ranked.
 - ``per_user``: part of every user's interactions held out (:func:`aerec.data.per_user_holdout`,
   at random or the latest by time), a part of the rest for validation; the model trains on the
   rest. Validation ranks the validation part from the training part; test ranks the test part
@@ -58,7 +61,8 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
     """The seeded split of the spec's protocol for one dataset (the same arguments give the same split)."""
     params = dict(spec.protocol.params)
     name = spec.protocol.name
-    if name in ("strong", "strong_cold"):
+    if name in ("strong", "strong_cold", "strong_short"):
+        longest = params.pop("longest", None)
         n_heldout = params.pop("n_heldout") or STRONG_N_HELDOUT.get(dataset.name)
         if n_heldout is None:
             raise SpecError(f"{spec.source} [protocol]: n_heldout is needed for the dataset {dataset.name!r}")
@@ -67,6 +71,8 @@ def make_cell_data(spec: BenchmarkSpec, dataset, data, seed: int) -> CellData:
         split = strong_generalization(data, int(n_heldout), seed=int(seed), **params)
         if name == "strong_cold":
             split = split.without_history()
+        elif name == "strong_short":
+            split = split.with_short_history(int(longest), seed=int(seed))
         return CellData(split, split.train, (split.validation_fold_in, split.validation_heldout),
                         (split.test_fold_in.matrix, split.test_heldout.matrix), split.test_fold_in.user_ids,
                         side_features(dataset))

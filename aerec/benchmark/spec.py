@@ -8,7 +8,7 @@ The same structure either way (``tomllib`` reads the file)::
     baseline = "ease"                          # the named baseline of the paired tests (a model label)
 
     [protocol]
-    name = "strong"                            # strong | strong_cold | per_user | temporal | ratings | item_cold | user_cold
+    name = "strong"                            # strong | strong_cold | strong_short | per_user | temporal | ratings | item_cold | user_cold
     n_heldout = 100
 
     [tuning]
@@ -55,6 +55,7 @@ RATING_METRICS = ("rmse", "mae")
 PROTOCOLS = {
     "strong": {"n_heldout": None, "heldout_fraction": 0.2, "threshold": 3.5, "min_user_count": 5},
     "strong_cold": {"n_heldout": None, "heldout_fraction": 0.2, "threshold": 3.5, "min_user_count": 5},
+    "strong_short": {"n_heldout": None, "heldout_fraction": 0.2, "threshold": 3.5, "min_user_count": 5, "longest": 5},
     "per_user": {"test_fraction": 0.2, "validation_fraction": 0.1, "by": "random"},
     "temporal": {"test_fraction": 0.2, "validation_fraction": 0.1},
     "ratings": {"test_fraction": 0.1, "validation_fraction": 0.1},
@@ -254,7 +255,7 @@ def _protocol(table, where: str) -> ProtocolSpec:
     for key, value in params.items():
         if key in fractions:
             _value(key, value, where, Interval(float, 0.0, 1.0, closed="neither"))
-        elif key in ("n_heldout", "min_user_count"):
+        elif key in ("n_heldout", "min_user_count", "longest"):
             _value(key, value, where, POSITIVE_INT)
         elif key == "threshold":
             _value(key, value, where, Interval(float), None)

@@ -8,7 +8,8 @@
 - :func:`strong_generalization`: whole held-out users with fold-in, exactly as
   the preprocessing of Liang et al. 2018 (dawenl/vae_cf);
   :meth:`StrongSplit.without_history` gives the same users with no history
-  (user cold start, ranked from side features alone).
+  (user cold start, ranked from side features alone), :meth:`StrongSplit.with_short_history`
+  with a few items each.
 
 Every split of one dataset has the same users x items shape, so a model fitted
 on ``train`` ranks and predicts ``test`` rows without remapping.
@@ -69,6 +70,18 @@ class StrongSplit:
             "test_heldout": self.test_heldout.nnz,
         }
 
+    def with_short_history(self, longest: int = 5, seed: int = 0) -> "StrongSplit":
+        """The same split with each validation and test user given only ``k`` of their interactions (``k`` drawn
+        uniformly in 1..``longest``, at most all but one), the rest held out: users with short histories, where
+        side features may help most. Seeded by ``seed`` (validation users first, then test users)."""
+        if isinstance(longest, bool) or not isinstance(longest, (int, np.integer)) or longest < 1:
+            raise ValueError(f"longest={longest!r}; expected a positive number of items")
+        rng = np.random.RandomState(check_seed(seed))
+        return replace(self, **dict(zip(
+            ("validation_fold_in", "validation_heldout", "test_fold_in", "test_heldout"),
+            (*_short_history(self.validation_fold_in, self.validation_heldout, int(longest), rng),
+             *_short_history(self.test_fold_in, self.test_heldout, int(longest), rng)))))
+
     def without_history(self) -> "StrongSplit":
         """The same split with the validation and test users' fold-in parts emptied and every one of their
         interactions held out: user cold start, each held-out user ranked with no history (a conditional model
@@ -77,6 +90,24 @@ class StrongSplit:
             ("validation_fold_in", "validation_heldout", "test_fold_in", "test_heldout"),
             (*_all_held_out(self.validation_fold_in, self.validation_heldout),
              *_all_held_out(self.test_fold_in, self.test_heldout)))))
+
+
+def _short_history(fold_in: Interactions, heldout: Interactions, longest: int,
+                   rng: np.random.RandomState) -> tuple[Interactions, Interactions]:
+    """Each user's interactions: ``k`` drawn at random as the fold-in (``k`` uniform in 1..``longest``, at most
+    all but one of them), the rest held out."""
+    everything = (fold_in.matrix + heldout.matrix).tocsr()
+    kept = np.zeros(everything.nnz, dtype=bool)
+    for row in range(everything.shape[0]):
+        start, stop = everything.indptr[row], everything.indptr[row + 1]
+        k = min(int(rng.randint(1, longest + 1)), stop - start - 1)
+        if k > 0:
+            kept[start + rng.choice(stop - start, k, replace=False)] = True
+    rows = np.repeat(np.arange(everything.shape[0]), np.diff(everything.indptr))
+    given, rest = (Interactions(sp.csr_matrix((everything.data[mask], (rows[mask], everything.indices[mask])),
+                                              shape=everything.shape), fold_in.user_ids, fold_in.item_ids)
+                   for mask in (kept, ~kept))
+    return given, rest
 
 
 def _all_held_out(fold_in: Interactions, heldout: Interactions) -> tuple[Interactions, Interactions]:
