@@ -125,3 +125,21 @@ def test_startup_trials_reach_tpe_and_leave_the_fingerprints_of_specs_without_th
     assert "startup_trials" not in spec_fingerprint(plain)  # stores made before the key stay valid
     assert "startup_trials" in spec_fingerprint(started)
     assert cell_fingerprint(plain, plain.datasets[0], ease) != cell_fingerprint(started, started.datasets[0], ease)
+
+
+@pytest.mark.parametrize("name, sizes", [("strong_cold", (0, 0)), ("strong_short", (1, 3))])
+def test_the_user_cold_protocols_give_the_strong_splits_held_out_users_no_or_a_short_history(name, sizes, ml100k):
+    import numpy as np
+
+    from aerec.benchmark.protocols import make_cell_data
+
+    spec = load_spec({"seeds": [1], "protocol": {"name": name, "n_heldout": 50, **({"longest": 3} if sizes[1] else {})},
+                      "datasets": [{"name": "ml-100k"}], "models": {"popularity": {}}})
+    cell = make_cell_data(spec, spec.datasets[0], ml100k, 1)
+    for fold_in in (cell.validation[0].matrix, cell.test[0]):
+        counts = np.diff(fold_in.indptr)
+        assert fold_in.shape[0] == 50 and (counts.min(), counts.max()) == sizes
+    assert cell.test[1].nnz > 0 and len(cell.test_user_ids) == 50
+    with pytest.raises(SpecError, match="longest"):
+        load_spec({"seeds": [1], "protocol": {"name": name, "longest": 0}, "datasets": [{"name": "ml-100k"}],
+                   "models": {"popularity": {}}})
