@@ -69,7 +69,7 @@ def side_feature_arguments(model, strict: bool = True, **features) -> dict:
         return {name: value for name, value in given.items() if name in accepted}
     if refused:
         takers = sorted(name for name, cls in MODELS.items()
-                        if set(SIDE_FEATURE_ARGUMENTS) & set(inspect.signature(cls.fit).parameters))
+                        if set(refused) & set(inspect.signature(cls.fit).parameters))
         raise ValueError(f"{type(model).__name__} takes no {' or '.join(SIDE_FEATURE_ARGUMENTS[n] for n in refused)} "
                          f"side features; the models that do: {', '.join(takers)}")
     return given
