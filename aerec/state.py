@@ -633,8 +633,7 @@ def fill_module(module: torch.nn.Module, weights: dict) -> torch.nn.Module:
                         new.copy_(source)
                     made[id(old)] = torch.nn.Parameter(new, requires_grad=old.requires_grad) if is_parameter else new
                 slots[local] = made[id(old)]
-    still_meta = [name for name, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
-    still_meta += [name for name, tensor in module.named_buffers() if tensor.is_meta]
+    still_meta = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]
     if still_meta:
         raise ValueError(f"weight {still_meta[0]!r} was not given a value")
     return module

@@ -77,12 +77,13 @@ class GenderPopularity(Popularity):
         return self.table_.align(user_ids, what="user", warn=False).matrix.toarray()[:, self.columns_]
 
     def score_tensor(self, user_items, user_features=None):
-        base = super().score_tensor(user_items).double()
-        scores = base * 1e-9 / max(float(self.item_counts_.max()), 1.0)
-        if user_features is not None:
-            for column, share in enumerate(self.shares_):
-                scores += torch.from_numpy(user_features[:, column:column + 1] * share[None, :])
-        return scores.float() + (0 if user_features is not None else base)
+        base = super().score_tensor(user_items)
+        if user_features is None:
+            return base
+        scores = base.double() * 1e-9 / max(float(self.item_counts_.max()), 1.0)  # popularity breaks ties
+        for column, share in enumerate(self.shares_):
+            scores += torch.from_numpy(user_features[:, column:column + 1] * share[None, :])
+        return scores.float()
 
 
 def test_parts(split, seed: int) -> dict:

@@ -79,7 +79,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch import nn
@@ -319,7 +318,7 @@ class CDAE(UserConditioned, TorchRecommender):
     def score_tensor(self, user_items, user_features=None) -> torch.Tensor:
         """Output pre-activations (n_rows, n_items) for the given rows, each folded in (see the module docstring);
         ``user_features`` as :meth:`recommend`'s, for a conditional model."""
-        user_items, side = self._rows_and_side(user_items, user_features)
+        user_items, side = self.scoring_rows(user_items, user_features)
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
         parts = []
@@ -330,14 +329,14 @@ class CDAE(UserConditioned, TorchRecommender):
 
     def user_vectors(self, user_items, user_features=None) -> torch.Tensor:
         """The folded-in user vectors (n_rows, hidden) of the given rows (zeros for ``fold_in="zero"``)."""
-        user_items, side = self._rows_and_side(user_items, user_features)
+        user_items, side = self.scoring_rows(user_items, user_features)
         parts = [vectors for _, vectors, _ in self._folded_in(self.check_user_items(user_items), side)]
         return torch.cat(parts) if parts else torch.empty(0, self.hidden, device=self._module_and_device()[1])
 
     def user_embeddings(self, user_items, user_features=None) -> np.ndarray:
         """The hidden layer ``h(W^T x + V_u + b)`` (n_rows, hidden) of the given rows, ``V_u`` folded in (``+ S s``
         with the rows' side features in a conditional model)."""
-        user_items, side = self._rows_and_side(user_items, user_features)
+        user_items, side = self.scoring_rows(user_items, user_features)
         rows = self.check_user_items(user_items)
         module, device = self._module_and_device()
         parts = [module.hidden_activation(base + vectors).detach() for base, vectors, _ in self._folded_in(rows, side)]
@@ -351,14 +350,6 @@ class CDAE(UserConditioned, TorchRecommender):
             raise ValueError(f"layer={layer!r}; expected 'input' or 'output'")
         weight = self.module_.encoder.weight.T if layer == "input" else self.module_.decoder.weight
         return weight.detach().float().cpu().contiguous().numpy()
-
-    def _rows_and_side(self, user_items, user_features=None):
-        """``(user_items, side)``: a frame lined up with the catalogue, and its rows' side features as a tensor
-        (None for a model that reads none), as :meth:`scoring_side` finds them."""
-        if isinstance(user_items, pd.DataFrame):
-            user_items = self.align(user_items)
-        side = self.scoring_side(user_items, user_features)
-        return user_items, None if side is None else torch.from_numpy(side)
 
     def _folded_in(self, rows: sp.csr_matrix, side: torch.Tensor | None = None):
         """``(W^T x + b [+ S s], V_u, s)`` for each batch of the (checked) rows and their side features ``side``
@@ -384,7 +375,7 @@ class CDAE(UserConditioned, TorchRecommender):
         user_features : optional
             As :meth:`recommend`'s, for a conditional model (by default looked up by ``user_items``' ids).
         """
-        user_items, side = self._rows_and_side(user_items, user_features)
+        user_items, side = self.scoring_rows(user_items, user_features)
         rows = self.check_user_items(user_items)
         users = np.asarray(users)
         if users.ndim != 1 or len(users) != rows.shape[0] or not np.issubdtype(users.dtype, np.integer):

@@ -124,15 +124,20 @@ class UserConditioned:
             return None
         return self._train_side[torch.as_tensor(batch.index, dtype=torch.long)].to(batch.device)
 
-    def score_tensor(self, user_items, user_features=None) -> torch.Tensor:
-        """Scores (rows, n_items) of the given rows, each with its user's side features (see the module text)."""
+    def scoring_rows(self, user_items, user_features=None):
+        """``(user_items, side)``: the rows (a frame lined up with the catalogue, for a conditioned model) and the
+        side rows the network reads as a tensor; ``side`` is None for a model that is not conditioned (which
+        refuses ``user_features``)."""
         if not self.conditioned:
             self.scoring_side(user_items, user_features)  # user_features given to a model without: refused
-            return super().score_tensor(user_items)
+            return user_items, None
         if isinstance(user_items, pd.DataFrame):
             user_items = self.align(user_items)
-        side = torch.from_numpy(self.scoring_side(user_items, user_features))
-        self._scoring_side = side
+        return user_items, torch.from_numpy(self.scoring_side(user_items, user_features))
+
+    def score_tensor(self, user_items, user_features=None) -> torch.Tensor:
+        """Scores (rows, n_items) of the given rows, each with its user's side features (see the module text)."""
+        user_items, self._scoring_side = self.scoring_rows(user_items, user_features)
         try:
             return super().score_tensor(user_items)
         finally:
@@ -140,12 +145,7 @@ class UserConditioned:
 
     def user_embeddings(self, user_items, user_features=None) -> np.ndarray:
         """The code of each row, folded in with its user's side features (see :meth:`score_tensor`)."""
-        if not self.conditioned:
-            self.scoring_side(user_items, user_features)
-            return super().user_embeddings(user_items)
-        if isinstance(user_items, pd.DataFrame):
-            user_items = self.align(user_items)
-        self._scoring_side = torch.from_numpy(self.scoring_side(user_items, user_features))
+        user_items, self._scoring_side = self.scoring_rows(user_items, user_features)
         try:
             return super().user_embeddings(user_items)
         finally:
