@@ -58,6 +58,10 @@ SPILL_DIR = ".spill"
 #: Interactions per part by default: a part's histories (a CSR and id maps) take about 15 MB, and a killed job loses
 #: at most one part's work per rank.
 DEFAULT_PART_INTERACTIONS = 500_000
+#: Rows per block of the input in the pass that spills a rank's rows: a block's arrays and their hashes (about
+#: 100 bytes a row together) are the largest transient of a job after the model, so they are kept under the
+#: batch budget (2^20 rows, the readers' block, raised the peak by about 100 MiB).
+SPILL_ROWS = 1 << 16
 #: Seconds rank 0 waits for the other ranks' parts by default (``AEREC_JOB_WAIT`` sets it).
 DEFAULT_WAIT_SECONDS = 24 * 3600.0
 
@@ -308,7 +312,7 @@ class RecommendJob:
         writers, stats = {}, {"rows": 0, "all_ones": True, "user_integers": True, "item_integers": True}
         started = time.perf_counter()
         try:
-            for chunk in iter_chunks(self.table):
+            for chunk in iter_chunks(self.table, rows=SPILL_ROWS):
                 stats["rows"] += len(chunk["rating"])
                 stats["all_ones"] = stats["all_ones"] and bool((chunk["rating"] == 1.0).all())
                 for role in ("user", "item"):

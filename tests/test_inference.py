@@ -85,6 +85,19 @@ def test_one_process_job_equals_the_single_file_output(models, tmp_path, capsys,
     assert not (tmp_path / "job" / ".spill").exists()
 
 
+def test_the_input_spilled_in_many_small_blocks_gives_the_same_output(models, tmp_path, capsys, monkeypatch):
+    """The spill pass reads the input in blocks of SPILL_ROWS rows (small, to bound memory): a user's rows spread
+    over many blocks still make one history."""
+    saved, source, frame = models
+    expected = single_file(capsys, saved["ease"], source, tmp_path)
+    monkeypatch.setattr(aerec.inference, "SPILL_ROWS", 997)
+    assert len(frame) > 10 * 997
+    code, _, err = run(capsys, "recommend", "--model", saved["ease"], "--input", source, "--n", 7, "--output",
+                       tmp_path / "job/", "--part-interactions", 3000)
+    assert code == 0, err
+    pd.testing.assert_frame_equal(read_recommendations(tmp_path / "job"), expected)
+
+
 def test_two_torchrun_processes_write_the_parts_of_one_process(models, tmp_path, capsys):
     """``torchrun --nproc-per-node 2 -m aerec recommend``: each rank writes its own parts; their union is the
     single-process output exactly."""
