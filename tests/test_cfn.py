@@ -227,3 +227,20 @@ def test_a_batch_of_items_without_training_ratings_trains_without_error():
     dense[:, :6] = rng.integers(1, 6, (30, 6)) * (rng.random((30, 6)) < 0.7)  # items 6-9: no rating
     model = CFN(hidden=8, epochs=2, batch_size=1, seed=0, device="cpu").fit(sp.csr_matrix(dense))
     assert len(model.history_.epochs) == 2 and np.isfinite(model.predict(np.arange(3), np.full(3, 8))).all()
+
+
+def test_rows_without_training_ratings_are_left_out_of_the_batches(monkeypatch):
+    """As the reference's trainer: every batch holds rows that have a loss (items 6-9 have no rating)."""
+    rng = np.random.default_rng(0)
+    dense = np.zeros((30, 10), dtype=np.float32)
+    dense[:, :6] = rng.integers(1, 6, (30, 6)) * (rng.random((30, 6)) < 0.7)
+    seen, batch_loss = [], CFN.batch_loss
+
+    def recording(self, module, batch, state):
+        seen.append(np.asarray(batch.index))
+        return batch_loss(self, module, batch, state)
+
+    monkeypatch.setattr(CFN, "batch_loss", recording)
+    CFN(hidden=8, epochs=3, batch_size=4, seed=0, device="cpu").fit(sp.csr_matrix(dense))
+    assert [len(index) for index in seen] == [4, 2] * 3
+    assert sorted(np.concatenate(seen[:2]).tolist()) == list(range(6))

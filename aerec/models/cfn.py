@@ -38,9 +38,9 @@ genetic search's alpha, beta, hide, lr, lr_decay and weight decay; 50 epochs of 
   the lowest *test* RMSE over its epochs.
 - Side information is concatenated to the first layer's input as the paper describes; the reference's
   first layer writes it over the first ratings' columns (its sparse offset reads a field that is nil).
-- Every row is visited each epoch (the reference's ``randperm(N - 1)`` skips one row and pads its last
-  batch with stale rows); rows without training ratings are not trained on (their input is empty), and a
-  batch made only of such rows (a cold-start split's last batch can be) updates by the weight decay alone.
+- Every row with training ratings is visited each epoch (the reference's ``randperm(N - 1)`` skips one
+  row and pads its last batch with stale rows); rows without training ratings are left out of the batches,
+  as the reference's.
 - Ratings on another scale than 1-5 stars are mapped onto [-1, 1] by their range (``rating_range_``):
   ``(r - (low + high) / 2) / ((high - low) / 2)``; for stars this is the reference's ``(r - 3) / 2``.
 - Predictions are clipped to ``rating_range_`` with ``clip=True`` (default False: the reference does not
@@ -301,6 +301,11 @@ class CFN(TorchRecommender):
     def training_rows(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         return self.input_rows_
 
+    def batched_rows(self, rows: sp.csr_matrix) -> np.ndarray:
+        """The rows with training ratings: the reference skips the others, so each batch holds ``batch_size``
+        rows that have a loss."""
+        return np.flatnonzero(np.diff(rows.indptr) > 0)
+
     def build_module(self, generator: torch.Generator) -> CFNNet:
         rows = self.input_rows_
         return CFNNet(rows.shape[1], _widths(self.setting("hidden")), self._side_tensor.shape[1], generator)
@@ -353,8 +358,6 @@ class CFN(TorchRecommender):
         """The emphasized denoising loss of the batch (masking noise on the observed input ratings)."""
         parts = batch.parts
         values = parts.val
-        if values.numel() == 0:  # every row of the batch without training ratings (cold items): nothing to fit
-            return {"loss": sum((parameter * 0.0).sum() for parameter in module.parameters())}
         rows = batch.row_of_entry
         hide = float(self.setting("hide"))
         hidden = torch.rand(values.shape, generator=state.generator, device="cpu").to(values.device) < hide

@@ -8,7 +8,7 @@ factor models share): a model on this base declares only
 - ``build_module(generator)``: its network for the fitted shapes, drawn from ``generator``;
 - ``batch_loss(module, batch, state)``: its loss, drawing randomness from ``state.generator``;
 - optionally ``phases(module)`` (several optimizers and a schedule), ``score_batch(module, batch)``,
-  ``validation_metric(validation)``, ``training_rows(matrix)`` and ``after_fit(matrix)``.
+  ``validation_metric(validation)``, ``training_rows(matrix)``, ``batched_rows(rows)`` and ``after_fit(matrix)``.
 
 The base checks the parameters, builds the :class:`~aerec.training.TrainConfig`,
 seeds a generator of its own for the initial weights (torch's global
@@ -100,6 +100,10 @@ class TorchRecommender(Recommender):
         """The rows the loop trains on (the users' rows; I-AutoRec trains on the items')."""
         return matrix
 
+    def batched_rows(self, rows) -> np.ndarray | None:
+        """The indices of :meth:`training_rows`' rows the batches are cut from (None: every row)."""
+        return None
+
     def after_fit(self, matrix: sp.csr_matrix) -> None:
         """Work after training (item codes, summaries)."""
 
@@ -165,7 +169,8 @@ class TorchRecommender(Recommender):
         config = self.train_config()
         if metric is None:
             config = dataclasses.replace(config, patience=None)
-        self.history_ = train(self.module_, self.training_rows(matrix), self.batch_loss, config,
+        rows = self.training_rows(matrix)
+        self.history_ = train(self.module_, rows, self.batch_loss, config, rows=self.batched_rows(rows),
                               validation_metric=metric, maximize=self.maximize_validation,
                               phases=self.phases(self.module_), callbacks=self._callbacks, state=self._loop,
                               desc=type(self).__name__)
