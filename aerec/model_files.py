@@ -38,8 +38,8 @@ import torch
 from aerec._torch import check_device_available, resolve_device
 from aerec._version import __version__
 from aerec.core.variational import ConstantBeta, LinearAnneal
-from aerec.state import ModuleWeights, StateFileError, TensorRef, close_tensor_files, fill_module, read_state, \
-    write_state
+from aerec.state import ModuleWeights, StateFileError, TensorRef, block_is_finite, close_tensor_files, fill_module, \
+    read_state, write_state
 from aerec.training_state import History, check_history
 
 KIND = "config"
@@ -211,8 +211,7 @@ FINITE_CHECK_BLOCK = 1 << 22
 def all_finite(value) -> bool:
     """Whether every value of a tensor or array is finite, checked block by block (bounded extra memory)."""
     flat = value.reshape(-1) if isinstance(value, torch.Tensor) else np.asarray(value).reshape(-1)
-    check = torch.isfinite if isinstance(value, torch.Tensor) else np.isfinite
-    return all(bool(check(flat[start:start + FINITE_CHECK_BLOCK]).all())
+    return all(block_is_finite(flat[start:start + FINITE_CHECK_BLOCK])
                for start in range(0, flat.shape[0], FINITE_CHECK_BLOCK))
 
 

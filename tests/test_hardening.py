@@ -741,3 +741,20 @@ def test_a_checkpoint_with_a_negative_numpy_generator_state_is_refused(vae_check
     (directory / "checkpoint.json").write_text(json.dumps(document))
     with pytest.raises(StateFileError, match="cannot be resumed"):
         make_model("mult_vae", epochs=4, **SMALL_VAE).fit(train, validation, checkpoint=directory)
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([1.0, 2.0], True), ([], True), ([1.0, float("nan")], False), ([float("inf"), 1.0], False),
+    ([float("-inf"), 1.0], False), ([float("inf"), float("-inf")], False),
+    ([60000.0, 60000.0, -1.0], True),  # float16: the sum overflows, the values are finite
+    ([60000.0, 60000.0, float("nan")], False),
+])
+def test_the_finiteness_check_of_loaded_weights_is_exact_when_a_sum_overflows(values, finite):
+    from aerec.model_files import FINITE_CHECK_BLOCK, all_finite
+    from aerec.state import block_is_finite
+
+    for dtype in (np.float16, np.float32):
+        array = np.array(values, dtype=dtype)
+        assert block_is_finite(array) is finite and block_is_finite(torch.from_numpy(array)) is finite
+        long = np.concatenate([np.ones(FINITE_CHECK_BLOCK + 3, dtype=dtype), array])
+        assert all_finite(long) is finite and all_finite(torch.from_numpy(long)) is finite
