@@ -47,7 +47,9 @@ genetic search's alpha, beta, hide, lr, lr_decay and weight decay; 50 epochs of 
   clip).
 - ``pretrain=True`` trains the layers greedily first (each autoencoder on the codes of the ones below,
   its own phase of ``pretrain_epochs``), then the whole stack; the reference's stacked configuration
-  also switches its inner noise to Gaussian, which is not done here.
+  also switches its inner noise to Gaussian and gives each phase its own SGD settings (lr, decay restarted
+  at epoch 1, weight decay, batch size, momentum), neither of which is done here: one set of settings and
+  one decay schedule serve every phase.
 - Ranking (``score_tensor``) of users given as rows: U-CFN encodes them; I-CFN, whose outputs are the
   training users, fits each row's output unit by ridge regression on the items' last codes (as
   aerec's I-AutoRec folds users in; the reference scores training users only).
