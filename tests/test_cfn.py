@@ -219,21 +219,23 @@ def test_u_cfn_scores_cold_users_of_the_ml1m_layout_from_users_dat(tmp_path, cap
     assert "gender=F" in aerec.load(tmp_path / "model").side_names_
 
 
-def test_a_batch_of_items_without_training_ratings_trains_without_error():
-    """A cold-start split leaves items without training ratings; a batch made only of them (batch_size=1 makes
-    every such item its own batch) has nothing to fit: before, its loss had no gradient and training stopped."""
+def ratings_with_unrated_items() -> sp.csr_matrix:
+    """30 users x 10 items, items 6-9 without any rating (as a cold-start split leaves some items)."""
     rng = np.random.default_rng(0)
     dense = np.zeros((30, 10), dtype=np.float32)
-    dense[:, :6] = rng.integers(1, 6, (30, 6)) * (rng.random((30, 6)) < 0.7)  # items 6-9: no rating
-    model = CFN(hidden=8, epochs=2, batch_size=1, seed=0, device="cpu").fit(sp.csr_matrix(dense))
+    dense[:, :6] = rng.integers(1, 6, (30, 6)) * (rng.random((30, 6)) < 0.7)
+    return sp.csr_matrix(dense)
+
+
+def test_a_batch_of_items_without_training_ratings_trains_without_error():
+    """A cold-start split leaves items without training ratings; with batch_size=1 each was once a batch of its
+    own, whose loss had no gradient: training stopped (such rows are now left out of the batches)."""
+    model = CFN(hidden=8, epochs=2, batch_size=1, seed=0, device="cpu").fit(ratings_with_unrated_items())
     assert len(model.history_.epochs) == 2 and np.isfinite(model.predict(np.arange(3), np.full(3, 8))).all()
 
 
 def test_rows_without_training_ratings_are_left_out_of_the_batches(monkeypatch):
     """As the reference's trainer: every batch holds rows that have a loss (items 6-9 have no rating)."""
-    rng = np.random.default_rng(0)
-    dense = np.zeros((30, 10), dtype=np.float32)
-    dense[:, :6] = rng.integers(1, 6, (30, 6)) * (rng.random((30, 6)) < 0.7)
     seen, batch_loss = [], CFN.batch_loss
 
     def recording(self, module, batch, state):
@@ -241,6 +243,6 @@ def test_rows_without_training_ratings_are_left_out_of_the_batches(monkeypatch):
         return batch_loss(self, module, batch, state)
 
     monkeypatch.setattr(CFN, "batch_loss", recording)
-    CFN(hidden=8, epochs=3, batch_size=4, seed=0, device="cpu").fit(sp.csr_matrix(dense))
+    CFN(hidden=8, epochs=3, batch_size=4, seed=0, device="cpu").fit(ratings_with_unrated_items())
     assert [len(index) for index in seen] == [4, 2] * 3
     assert sorted(np.concatenate(seen[:2]).tolist()) == list(range(6))

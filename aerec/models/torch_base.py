@@ -161,15 +161,15 @@ class TorchRecommender(Recommender):
             raise ValueError(f"warm_start=True with train of shape {matrix.shape}; the model was fitted on "
                              f"{self._fitted_shape}: continue on the same rows and items, or fit afresh")
         self.device_ = resolve_device(self.device)
+        rows = self.training_rows(matrix)
         if not warm:  # a re-fit starts from fresh weights
-            self.check_training_memory(self.training_rows(matrix))
+            self.check_training_memory(rows)
             self.module_ = self.new_module().to(self.device_)
             self._loop = LoopState()
         self._fitted_shape = matrix.shape
         config = self.train_config()
         if metric is None:
             config = dataclasses.replace(config, patience=None)
-        rows = self.training_rows(matrix)
         self.history_ = train(self.module_, rows, self.batch_loss, config, rows=self.batched_rows(rows),
                               validation_metric=metric, maximize=self.maximize_validation,
                               phases=self.phases(self.module_), callbacks=self._callbacks, state=self._loop,
